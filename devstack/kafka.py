@@ -1,0 +1,449 @@
+"""A real single-node Apache Kafka (KRaft) for integration tests and local runs.
+
+The broker runs from the Maven Central jars (``org.apache.kafka:kafka_2.13``),
+which Maven copies once into a cache folder::
+
+    $LOGGER_SERVICE_CACHE/kafka-<version>/libs   (default ~/.cache/logger-service)
+
+``python -m devstack.kafka fetch`` fills the cache ahead of time (CI);
+``python -m devstack.kafka run`` starts a broker in the foreground.
+
+One JVM is broker and controller at once. It listens on 127.0.0.1 only, on
+three free ports that stay fixed for the broker's lifetime so ``restart()``
+comes back where clients expect it: PLAINTEXT (``bootstrap``), SASL_PLAINTEXT
+with PLAIN (``sasl_bootstrap``, user ``username``/``password``) and the
+controller. Topics are never auto-created: tests create what they use.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+from devstack.ports import free_ports
+
+KAFKA_VERSION = "4.4.0"
+POM = Path(__file__).with_name("kafka-pom.xml")
+_COMPLETE = ".complete"  # written last, so a half-copied folder is never used
+
+# Short-lived JVMs (the storage tool) start faster with the C1 compiler alone.
+_TOOL_JVM = ["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+
+_LOG4J2 = """\
+# Everything goes to stdout, which the harness sends to <data dir>/server.log.
+status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.out.ref = OUT
+# Per-request and per-partition chatter drowns what matters when a test fails.
+logger.request.name = kafka.request.logger
+logger.request.level = warn
+logger.state.name = state.change.logger
+logger.state.level = warn
+logger.cleaner.name = kafka.log.LogCleaner
+logger.cleaner.level = warn
+# Every client and server logs its full configuration, hundreds of lines each.
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = warn
+"""
+
+
+class KafkaHarnessError(RuntimeError):
+    """The broker could not be fetched, formatted, started or stopped."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LOGGER_SERVICE_CACHE") or Path.home() / ".cache" / "logger-service")
+
+
+def ensure_kafka_jars(version: str = KAFKA_VERSION) -> Path:
+    """Return the folder of broker jars, fetching them with Maven if needed."""
+    libs = cache_root() / f"kafka-{version}" / "libs"
+    if _is_complete(libs):
+        return libs
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    # Copy into a private folder and rename it into place, so two test
+    # processes fetching at once never see each other's half-done work.
+    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
+    cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+           f"-Dkafka.version={version}", "-DincludeScope=runtime",
+           f"-DoutputDirectory={staging}"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise KafkaHarnessError(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}")
+    jars = sorted(p.name for p in staging.glob("*.jar"))
+    (staging / _COMPLETE).write_text("\n".join(jars) + "\n")
+    shutil.rmtree(libs, ignore_errors=True)
+    try:
+        staging.rename(libs)
+    except OSError:  # another process won the race; its copy is as good
+        shutil.rmtree(staging, ignore_errors=True)
+    if not _is_complete(libs):
+        raise KafkaHarnessError(f"Kafka jars missing from {libs} after fetch")
+    return libs
+
+
+def _is_complete(libs: Path) -> bool:
+    marker = libs / _COMPLETE
+    if not marker.is_file():
+        return False
+    names = marker.read_text().split()
+    return bool(names) and all((libs / n).is_file() for n in names)
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    return str(Path(home) / "bin" / "java") if home else (shutil.which("java") or "java")
+
+
+def _class_archive(libs: Path) -> Path:
+    """Where the AppCDS archive of the broker's classes lives for this JVM.
+
+    Loading Kafka's classes from a class-data-sharing archive halves start-up
+    (measured 3.1 s -> 1.6 s per start on 2 cores). The archive is only valid
+    for the JVM build that wrote it, hence the key. A stale or foreign archive
+    is not fatal: the JVM warns and loads classes the slow way.
+    """
+    java = Path(_java()).resolve() if Path(_java()).is_absolute() else Path(_java())
+    try:
+        stamp = f"{java}:{java.stat().st_mtime_ns}"
+    except OSError:
+        stamp = str(java)
+    return libs.parent / f"classes-{hashlib.sha1(stamp.encode()).hexdigest()[:12]}.jsa"
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM the broker when the test process dies.
+
+    The broker runs in its own session (see start()), so without this a test
+    run killed by a timeout would leave an orphaned JVM holding its ports.
+    Linux only; elsewhere the broker just outlives a crashed parent.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _cluster_id() -> str:
+    # Kafka's Uuid: 16 random bytes, URL-safe base64 without padding. Kafka
+    # itself never hands out one that starts with "-" (it reads as an option).
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+class KafkaBroker:
+    """One KRaft broker+controller JVM on fixed, free loopback ports."""
+
+    node_id = 1
+
+    def __init__(self, data_dir: Path | str | None = None, *, version: str = KAFKA_VERSION,
+                 username: str = "logger", password: str = "logger-secret",
+                 heap: str = "384m", config: Mapping[str, str] | None = None) -> None:
+        self.version = version
+        self.username = username
+        self.password = password
+        self.heap = heap
+        self.extra_config = dict(config or {})
+        self._owns_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="kafka-"))
+        self.port, self.sasl_port, self.controller_port = free_ports(3)
+        self.startup_seconds: float | None = None  # duration of the last start()
+        self._proc: subprocess.Popen[bytes] | None = None
+        # (archive, file the JVM writes it to at exit) while one is being made
+        self._archive_dump: tuple[Path, Path] | None = None
+
+    # -- addresses and files -------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def client_config(self, *, sasl: bool = False) -> dict[str, Any]:
+        """kafka-python settings for the PLAINTEXT or the SASL/PLAIN listener."""
+        if not sasl:
+            return {"bootstrap_servers": self.bootstrap}
+        return {"bootstrap_servers": self.sasl_bootstrap, "security_protocol": "SASL_PLAINTEXT",
+                "sasl_mechanism": "PLAIN", "sasl_plain_username": self.username,
+                "sasl_plain_password": self.password}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Format storage on first use, start the JVM, return once it serves."""
+        if self.running:
+            return
+        began = time.monotonic()
+        deadline = began + timeout
+        libs = ensure_kafka_jars(self.version)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self._write_config()
+        archive = _class_archive(libs)
+        if archive.exists():
+            cds = [f"-XX:SharedArchiveFile={archive}"]
+        else:  # the first broker's clean exit writes the archive for later ones
+            tmp = archive.with_name(f"{archive.name}.{os.getpid()}.{id(self)}.tmp")
+            self._archive_dump = (archive, tmp)
+            cds = [f"-XX:ArchiveClassesAtExit={tmp}"]
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            self._format(libs, props, deadline, cds if archive.exists() else [])
+        cmd = [_java(), *cds, f"-Xmx{self.heap}", "-Xms64m", "-XX:+UseSerialGC",
+               "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+               f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+               "-cp", f"{libs}/*", "kafka.Kafka", str(props)]
+        with open(self.log_path, "ab") as log:
+            # Own session: a Ctrl-C meant for pytest must not kill the broker
+            # before the fixture's orderly stop().
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True,
+                                          preexec_fn=_die_with_parent)
+        try:
+            self._wait_ready(deadline)
+        except BaseException:
+            self.stop(timeout=5)
+            raise
+        self.startup_seconds = time.monotonic() - began
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (Kafka's orderly shutdown), then SIGKILL after ``timeout``."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+            self._publish_archive(clean=True)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            self._publish_archive(clean=False)
+
+    def kill(self) -> None:
+        """SIGKILL, no shutdown: a crash, as far as the data dir can tell."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._publish_archive(clean=False)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop and start again on the same ports with the same data."""
+        self.stop()
+        self.start(timeout)
+
+    def close(self) -> None:
+        """Stop, and delete the data dir if this object made it."""
+        self.stop()
+        if self._owns_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> KafkaBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- clients and topics ----------------------------------------------------
+
+    def admin(self, **overrides: Any) -> KafkaAdminClient:
+        return KafkaAdminClient(**{**self.client_config(), **overrides})
+
+    def producer(self, **overrides: Any) -> KafkaProducer:
+        return KafkaProducer(**{**self.client_config(), **overrides})
+
+    def consumer(self, *topics: str, **overrides: Any) -> KafkaConsumer:
+        return KafkaConsumer(*topics, **{**self.client_config(), **overrides})
+
+    def create_topic(self, name: str, partitions: int = 1,
+                     config: Mapping[str, str] | None = None) -> None:
+        """Create a topic and wait until every partition has a leader."""
+        admin = self.admin()
+        try:
+            admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1,
+                                        "configs": dict(config or {})}},
+                                wait_for_metadata=True)
+        finally:
+            admin.close()
+
+    def add_partitions(self, name: str, total: int) -> None:
+        """Grow a topic to ``total`` partitions and wait for their leaders."""
+        admin = self.admin()
+        try:
+            admin.create_partitions({name: total})
+            deadline = time.monotonic() + 10
+            # create_partitions returns before the new ones have leaders.
+            while True:
+                (topic,) = admin.describe_topics([name])
+                parts = topic.get("partitions") or []
+                if len(parts) >= total and all(p.get("leader_id", -1) >= 0 for p in parts):
+                    return
+                if time.monotonic() > deadline:
+                    raise KafkaHarnessError(f"{name}: partitions not ready: {parts}")
+                time.sleep(0.05)
+        finally:
+            admin.close()
+
+    # -- internals -------------------------------------------------------------
+
+    def _write_config(self) -> Path:
+        jaas = (f'org.apache.kafka.common.security.plain.PlainLoginModule required '
+                f'user_{self.username}="{self.password}";')
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": str(self.node_id),
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "listeners": (f"PLAINTEXT://127.0.0.1:{self.port},"
+                          f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port},"
+                          f"CONTROLLER://127.0.0.1:{self.controller_port}"),
+            "advertised.listeners": (f"PLAINTEXT://127.0.0.1:{self.port},"
+                                     f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"),
+            "listener.security.protocol.map": ("PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,"
+                                               "CONTROLLER:PLAINTEXT"),
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
+            "log.dirs": str(self.data_dir / "logs"),
+            # One node: every internal topic has one replica, and few
+            # partitions, so the first consumer group does not wait for 50.
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # kafka-python's session timeout is 45 s; a joining group must not
+            # also wait the default 3 s for more members.
+            "group.initial.rebalance.delay.ms": "0",
+            # 2-core machine: fewer threads; the cleaner's 128 MB buffer would
+            # take a third of the heap.
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "num.recovery.threads.per.data.dir": "1",
+            "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
+            # After a SIGKILL the restarted controller refuses the broker's new
+            # registration (DUPLICATE_BROKER_REGISTRATION) until the old
+            # session expires: 9 s by default, 2 s here.
+            "broker.heartbeat.interval.ms": "500",
+            "broker.session.timeout.ms": "2000",
+            **self.extra_config,
+        }
+        # Backslashes are escapes in .properties files (Windows-free paths here).
+        props = self.data_dir / "server.properties"
+        props.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        (self.data_dir / "log4j2.properties").write_text(_LOG4J2)
+        return props
+
+    def _publish_archive(self, *, clean: bool) -> None:
+        # The JVM writes the archive as it exits; a killed JVM leaves nothing
+        # or a torn file, so only a clean exit's file is moved into place.
+        if self._archive_dump is None:
+            return
+        (archive, tmp), self._archive_dump = self._archive_dump, None
+        if clean and tmp.is_file() and tmp.stat().st_size > 0:
+            os.replace(tmp, archive)
+        tmp.unlink(missing_ok=True)
+
+    def _format(self, libs: Path, props: Path, deadline: float, cds: list[str]) -> None:
+        # --standalone: this node alone forms the controller quorum (KIP-853
+        # dynamic quorum), as in Kafka's own quickstart.
+        cmd = [_java(), *cds, *_TOOL_JVM, f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+               "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", "--standalone",
+               "-t", _cluster_id(), "-c", str(props)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True,
+                                  timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired as exc:
+            raise KafkaHarnessError(f"storage format timed out: {' '.join(cmd)}") from exc
+        if done.returncode != 0:
+            raise KafkaHarnessError(f"storage format failed:\n{done.stdout}{done.stderr}")
+
+    def _wait_ready(self, deadline: float) -> None:
+        # The listener sockets are bound early but requests are only served
+        # once the broker is unfenced, so ask for real metadata, not a TCP accept.
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise KafkaHarnessError(f"Kafka exited with {self._proc.returncode}; "
+                                        f"{self.log_path}:\n{_tail(self.log_path)}")
+            try:
+                admin = self.admin(request_timeout_ms=2000, bootstrap_timeout_ms=2000,
+                                   reconnect_backoff_max_ms=200)
+            except Exception as exc:  # NoBrokersAvailable while the JVM boots
+                last = exc
+                time.sleep(0.1)
+                continue
+            try:
+                if admin.describe_cluster().get("brokers"):
+                    return
+            except Exception as exc:
+                last = exc
+            finally:
+                admin.close()
+            time.sleep(0.1)
+        raise KafkaHarnessError(f"Kafka not ready on {self.bootstrap} (last error: {last}); "
+                                f"{self.log_path}:\n{_tail(self.log_path)}")
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["fetch"]:
+        print(ensure_kafka_jars())
+        return 0
+    if argv[:1] == ["run"]:
+        with KafkaBroker() as broker:
+            print(f"Kafka {broker.version} up in {broker.startup_seconds:.1f}s: "
+                  f"PLAINTEXT {broker.bootstrap}, SASL_PLAINTEXT {broker.sasl_bootstrap} "
+                  f"({broker.username}/{broker.password}); log {broker.log_path}", flush=True)
+            # Blocked only now: the JVM inherits the signal mask of its parent.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0
+    print("usage: python -m devstack.kafka fetch|run", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,61 @@
+"""Gunicorn configuration for logger-service.
+
+Run:  gunicorn -c gunicorn.conf.py wsgi:app
+
+Values come from the environment (see the README's configuration table); a bad
+value stops start-up here, in the master, with one line naming the variable.
+"""
+
+import os
+import sys
+
+from logger import gunicorn_worker
+from logger.config import Settings
+from logger.errors import ConfigError
+from logger.logs import configure_logging
+
+try:
+    settings = Settings.from_env()
+except ConfigError as error:
+    sys.stderr.write(f"logger-service: configuration error: {error}\n")
+    sys.exit(2)
+
+# -- Server socket ----------------------------------------------------------------
+# HOST exists so tests and sidecar set-ups can bind to 127.0.0.1 only.
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{settings.port}"
+# A reconnect storm of 10k clients needs a deep accept queue (128 dropped SYNs
+# for seconds; 4096 took them at once). The kernel caps it at net.core.somaxconn.
+backlog = 4096
+
+# -- Worker processes -------------------------------------------------------------
+# Each worker reads every partition for its own live clients (the tail path) and
+# a share of them for the collector (the forward path): see "Scaling" in the README.
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_class = "logger.gunicorn_worker.Worker"
+# Every WebSocket holds one of these for its lifetime; leave room for HTTP
+# requests (/health must answer while the worker is full of clients).
+worker_connections = settings.max_clients + 1000
+timeout = 30
+# SIGTERM → drain: flush batches, commit offsets, close clients with 1001.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "20"))
+keepalive = 5
+
+# gunicorn 27 opens a control socket under ~/.gunicorn by default; we have no
+# use for it, and containers may have no writable home.
+control_socket_disable = True
+
+# -- Logging ----------------------------------------------------------------------
+loglevel = settings.log_level
+accesslog = "-" if os.environ.get("ACCESS_LOG", "true").lower() in ("1", "true", "yes", "on") else None
+errorlog = "-"
+configure_logging(loglevel)
+
+
+# -- Hooks ------------------------------------------------------------------------
+def post_worker_init(worker):
+    # After gevent has monkey-patched: start the readers as greenlets.
+    gunicorn_worker.post_worker_init(worker)
+
+
+def worker_exit(server, worker):
+    gunicorn_worker.worker_exit(server, worker)

@@ -1,0 +1,83 @@
+"""``create_app(settings)``: the Flask app with ``/``, ``/health`` and ``/ws``.
+
+Building the app starts nothing; Gunicorn's ``post_worker_init`` starts the
+pipeline (``logger.gunicorn_hooks``). Teams add their own routes the usual
+way: ``app = create_app(settings); app.register_blueprint(bp)``.
+
+CORS (flask-cors) covers the HTTP routes for exactly the configured front-end
+origins. ``/ws`` is served below Flask, as a plain WSGI branch: a WebSocket
+lives for hours, and holding a Flask request context for each one costs
+memory and buys nothing. Its ``Origin`` is checked before the upgrade, in
+``logger.gunicorn_worker``, because CORS does not apply to WebSockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask, jsonify
+from flask_cors import CORS
+
+import logger
+from logger.config import Settings
+from logger.hub import WS_PATH
+from logger.service import LogService
+from logger.ws_client import WebSocketClient
+
+EXTENSION = "logger_service"
+
+
+def create_app(settings: Settings | None = None, service: LogService | None = None) -> Flask:
+    settings = settings or Settings()
+    service = service or LogService(settings)
+    app = Flask("logger")
+    app.extensions[EXTENSION] = service
+    CORS(app, origins=list(settings.cors_origins))
+
+    @app.get("/")
+    def index() -> Any:
+        return jsonify(service="logger-service", version=logger.__version__, status="ok",
+                       websocket=WS_PATH, health="/health")
+
+    @app.get("/health")
+    def health() -> Any:
+        return jsonify(service.health())
+
+    @app.get(WS_PATH)
+    def websocket_without_upgrade() -> Any:
+        # Reached only by a plain GET: upgrades are taken below Flask.
+        return jsonify(error="this endpoint speaks WebSocket: send an Upgrade request"), 426, {
+            "Upgrade": "websocket"}
+
+    app.wsgi_app = WebSocketRoute(app.wsgi_app, service)  # type: ignore[method-assign]
+    return app
+
+
+def service_of(app: Flask) -> LogService:
+    """The LogService behind an app made by create_app."""
+    return app.extensions[EXTENSION]
+
+
+class WebSocketRoute:
+    """WSGI middleware: an upgraded ``/ws`` request goes to the hub, anything else to Flask."""
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], service: LogService) -> None:
+        self.wsgi_app = wsgi_app
+        self.service = service
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        websocket = environ.get("wsgi.websocket")
+        if websocket is None or environ.get("PATH_INFO") != WS_PATH:
+            return self.wsgi_app(environ, start_response)
+        # Take the socket over from gevent-websocket; mark its object closed so it
+        # does not write a second (code-less) close frame after ours.
+        handler = websocket.handler
+        websocket.closed = True
+        environ["wsgi.websocket"] = None
+        settings = self.service.settings
+        client = WebSocketClient(handler.socket, handler.rfile, environ.get("REMOTE_ADDR", ""),
+                                 max_pending=settings.client_buffer_bytes,
+                                 max_message_bytes=settings.max_message_bytes)
+        self.service.hub.serve(client)
+        return []

@@ -1,0 +1,230 @@
+"""Settings: typed, frozen, parsed once from the environment.
+
+Variable names of the Go service are kept exactly (``PORT``, ``KAFKA_*``,
+``OTLP_ENDPOINT``, ``FRONTEND_*``); the standard ``OTEL_*`` variables work as
+OpenTelemetry users expect. A bad value raises :class:`ConfigError` with one
+line naming the variable and the accepted form; callers print it and exit.
+Secrets never appear in messages or in ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from logger.errors import ConfigError
+
+T = TypeVar("T")
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+OFFSET_RESETS = ("earliest", "latest")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_HOST_PORT = re.compile(r"^\[?[A-Za-z0-9_.:-]+\]?:\d{1,5}$")
+DEFAULT_OTLP_ENDPOINT = "http://localhost:4318/v1/logs"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    port: int = 6006
+    kafka_brokers: tuple[str, ...] = ("localhost:9092",)
+    kafka_api_key: str | None = None
+    kafka_api_secret: str | None = field(default=None, repr=False)
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_ca_file: str | None = None
+    kafka_topic: str = "logs"
+    kafka_group_id: str = "log-events-group"
+    kafka_auto_offset_reset: str = "earliest"
+    otlp_endpoint: str = DEFAULT_OTLP_ENDPOINT
+    default_service_name: str = "unknown_service"
+    cors_origins: tuple[str, ...] = (
+        "http://localhost:3000", "http://localhost:3001", "http://localhost:3002")
+    tail_enabled: bool = True
+    forward_enabled: bool = True
+    tail_batch_size: int = 500
+    tail_batch_interval_s: float = 0.05
+    forward_batch_size: int = 2000
+    forward_batch_interval_s: float = 0.5
+    batch_max_bytes: int = 1 << 20
+    max_clients: int = 20_000
+    client_buffer_bytes: int = 4 << 20
+    max_message_bytes: int = 64 << 10
+    ping_interval_s: float = 25.0
+    retry_backoff_max_s: float = 30.0
+    log_level: str = "info"
+
+    @property
+    def kafka_sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL_")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse and check every variable; raise ConfigError on the first bad one."""
+        env = _Env(os.environ if environ is None else environ)
+        api_key = env.text("KAFKA_API_KEY")
+        api_secret = env.text("KAFKA_API_SECRET")
+        if api_key and not api_secret:
+            raise ConfigError("KAFKA_API_SECRET is not set: it is required when KAFKA_API_KEY is set")
+        if api_secret and not api_key:
+            raise ConfigError("KAFKA_API_KEY is not set: it is required when KAFKA_API_SECRET is set")
+        protocol = env.choice("KAFKA_SECURITY_PROTOCOL", SECURITY_PROTOCOLS,
+                              "SASL_SSL" if api_key else "PLAINTEXT", upper=True)
+        if protocol.startswith("SASL_") and not api_key:
+            raise ConfigError(f"KAFKA_API_KEY is not set: KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                              "KAFKA_API_KEY and KAFKA_API_SECRET")
+        return cls(
+            port=env.integer("PORT", 6006, 1, 65535),
+            kafka_brokers=env.parse("KAFKA_BROKER_URL", ("localhost:9092",), _brokers,
+                                    "a comma-separated list of host:port"),
+            kafka_api_key=api_key,
+            kafka_api_secret=api_secret,
+            kafka_security_protocol=protocol,
+            kafka_sasl_mechanism=env.choice("KAFKA_SASL_MECHANISM", SASL_MECHANISMS, "PLAIN", upper=True),
+            kafka_ca_file=env.parse("KAFKA_SSL_CA_FILE", None, _readable_file, "a readable PEM file"),
+            kafka_topic=env.parse("KAFKA_TOPIC", "logs", _topic_name,
+                                  "1-249 characters of letters, digits, '.', '_' or '-'"),
+            kafka_group_id=env.text("KAFKA_GROUP_ID") or "log-events-group",
+            kafka_auto_offset_reset=env.choice("KAFKA_AUTO_OFFSET_RESET", OFFSET_RESETS, "earliest"),
+            otlp_endpoint=_otlp_endpoint(env),
+            default_service_name=env.text("OTEL_SERVICE_NAME") or "unknown_service",
+            cors_origins=tuple(
+                env.parse(name, default, _origin, "an origin such as https://app.example.com")
+                for name, default in (("FRONTEND_URL", "http://localhost:3000"),
+                                      ("FRONTEND_SELLER_URL", "http://localhost:3001"),
+                                      ("FRONTEND_ADMIN_URL", "http://localhost:3002"))),
+            tail_enabled=env.boolean("TAIL_ENABLED", True),
+            forward_enabled=env.boolean("FORWARD_ENABLED", True),
+            tail_batch_size=env.integer("TAIL_BATCH_SIZE", 500, 1, 100_000),
+            tail_batch_interval_s=env.integer("TAIL_BATCH_INTERVAL_MS", 50, 1, 60_000) / 1000,
+            forward_batch_size=env.integer("FORWARD_BATCH_SIZE", 2000, 1, 100_000),
+            forward_batch_interval_s=env.integer("FORWARD_BATCH_INTERVAL_MS", 500, 1, 60_000) / 1000,
+            batch_max_bytes=env.integer("BATCH_MAX_BYTES", 1 << 20, 1024, 64 << 20),
+            max_clients=env.integer("WS_MAX_CLIENTS", 20_000, 1, 1_000_000),
+            client_buffer_bytes=env.integer("WS_CLIENT_BUFFER_BYTES", 4 << 20, 64 << 10, 1 << 30),
+            max_message_bytes=env.integer("WS_MAX_MESSAGE_BYTES", 64 << 10, 125, 16 << 20),
+            ping_interval_s=env.number("WS_PING_INTERVAL_S", 25, 0.1, 3600),
+            retry_backoff_max_s=env.number("EXPORT_RETRY_MAX_S", 30, 0.1, 3600),
+            log_level=env.choice("LOG_LEVEL", LOG_LEVELS, "info"),
+        )
+
+
+class _Env:
+    """Reads one variable at a time and turns a bad value into ConfigError."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def parse(self, name: str, default: T, parser: Callable[[str], T], form: str) -> T:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            return parser(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is invalid: expected {form}") from None
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        def parse(raw: str) -> int:
+            value = int(raw)
+            if not low <= value <= high:
+                raise ValueError(raw)
+            return value
+        return self.parse(name, default, parse, f"an integer from {low} to {high}")
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        def parse(raw: str) -> float:
+            value = float(raw)
+            if not low <= value <= high:  # also rejects nan
+                raise ValueError(raw)
+            return value
+        return self.parse(name, default, parse, f"a number from {low:g} to {high:g}")
+
+    def boolean(self, name: str, default: bool) -> bool:
+        words = {"1": True, "true": True, "yes": True, "on": True,
+                 "0": False, "false": False, "no": False, "off": False}
+
+        def parse(raw: str) -> bool:
+            return words[raw.lower()] if raw.lower() in words else _raise(raw)
+        return self.parse(name, default, parse, "true or false")
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str, upper: bool = False) -> str:
+        def parse(raw: str) -> str:
+            value = raw.upper() if upper else raw.lower()
+            return value if value in choices else _raise(raw)
+        return self.parse(name, default, parse, "one of " + ", ".join(choices))
+
+
+def _raise(raw: str) -> T:  # type: ignore[type-var]
+    raise ValueError(raw)
+
+
+def _brokers(raw: str) -> tuple[str, ...]:
+    brokers = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not brokers or not all(_HOST_PORT.match(b) for b in brokers):
+        raise ValueError(raw)
+    return brokers
+
+
+def _topic_name(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", raw) or raw in (".", ".."):
+        raise ValueError(raw)
+    return raw
+
+
+def _readable_file(raw: str) -> str:
+    if not os.path.isfile(raw) or not os.access(raw, os.R_OK):
+        raise ValueError(raw)
+    return raw
+
+
+def _origin(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") \
+            or parts.query or parts.fragment:
+        raise ValueError(raw)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _url_with_logs_path(raw: str) -> str:
+    """``host:port`` (the Go service's form) or a URL; a URL with no path gets ``/v1/logs``."""
+    if "://" not in raw:
+        if not _HOST_PORT.match(raw):
+            raise ValueError(raw)
+        raw = "http://" + raw
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(raw)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(raw) from None
+    if parts.path in ("", "/"):
+        return raw.rstrip("/") + "/v1/logs"
+    return raw
+
+
+def _otlp_endpoint(env: _Env) -> str:
+    """``OTLP_ENDPOINT`` wins; then the OpenTelemetry variables, as the SDK reads them:
+    the per-signal one is used as is, the generic one gets ``/v1/logs`` appended."""
+    form = "host:port or an http(s) URL"
+    if env.text("OTLP_ENDPOINT"):
+        return env.parse("OTLP_ENDPOINT", "", _url_with_logs_path, form)
+    if env.text("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"):
+        return env.parse("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "", _url_with_logs_path, "an http(s) URL")
+    if env.text("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        base = env.parse("OTEL_EXPORTER_OTLP_ENDPOINT", "", _url_with_logs_path, "an http(s) URL")
+        if not base.endswith("/v1/logs"):
+            base = base.rstrip("/") + "/v1/logs"
+        return base
+    return DEFAULT_OTLP_ENDPOINT

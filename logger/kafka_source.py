@@ -1,0 +1,275 @@
+"""The two Kafka readers (kafka-python), one greenlet each.
+
+* :class:`TailReader` assigns itself every partition of the topic (no group,
+  no commits), starts at the end, and picks up partitions added later: every
+  worker and replica sees every record, so Kafka is the broadcast bus.
+* :class:`ForwardReader` joins consumer group ``KAFKA_GROUP_ID`` and commits an
+  offset only after the collector accepted every record up to it:
+  at-least-once, a crash re-delivers and never loses.
+
+Both share one loop shape: poll → decode → batch → hand the batch on;
+reconnect with capped backoff that ``stop`` interrupts; drain on the way out.
+A reader never lets an exception escape: it is logged, shown in ``/health``,
+and the reader reconnects.
+
+kafka-python 3 runs its network I/O (heartbeats included) on a thread of its
+own, which gevent's monkey-patching turns into a greenlet: our loops must
+yield regularly (they do: every poll waits cooperatively) or the group
+session starves (kafka-python issues #1515, #1687, #1867).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from gevent.event import Event
+from kafka import KafkaConsumer, TopicPartition
+from kafka import errors as kafka_errors
+from kafka.structs import MemberState, OffsetAndMetadata
+
+from logger.backoff import Backoff
+from logger.batcher import Batcher
+from logger.config import Settings
+from logger.errors import ExportError
+from logger.records import LogRecord, decode
+from logger.status import DEGRADED, OK, STARTING, STOPPED, ComponentStatus
+
+log = logging.getLogger(__name__)
+
+PARTITION_REFRESH_S = 10.0
+
+
+def consumer_config(settings: Settings, role: str) -> dict[str, Any]:
+    """kafka-python settings shared by both readers: brokers and security."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": list(settings.kafka_brokers),
+        "client_id": f"logger-service-{role}-{os.getpid()}",
+        "security_protocol": settings.kafka_security_protocol,
+        "enable_auto_commit": False,
+        "bootstrap_timeout_ms": 10_000,
+        "reconnect_backoff_max_ms": 5_000,
+    }
+    if settings.kafka_sasl:
+        config.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                      sasl_plain_username=settings.kafka_api_key,
+                      sasl_plain_password=settings.kafka_api_secret)
+    if settings.kafka_ca_file:
+        config["ssl_cafile"] = settings.kafka_ca_file
+    return config
+
+
+def describe_kafka_error(exc: BaseException, settings: Settings) -> str:
+    """One line an operator can act on; never includes the secret."""
+    brokers = ",".join(settings.kafka_brokers)
+    if isinstance(exc, kafka_errors.SaslAuthenticationFailedError) or "authentication" in str(exc).lower():
+        return (f"Kafka authentication failed at {brokers} for API key {settings.kafka_api_key!r} "
+                f"({settings.kafka_sasl_mechanism}): check KAFKA_API_KEY and KAFKA_API_SECRET")
+    if isinstance(exc, kafka_errors.AuthorizationError):
+        return f"Kafka refused access ({type(exc).__name__}) for topic {settings.kafka_topic!r}"
+    if isinstance(exc, kafka_errors.NoBrokersAvailable):
+        return (f"no Kafka broker reachable at {brokers} over {settings.kafka_security_protocol} "
+                "(check KAFKA_BROKER_URL and KAFKA_SECURITY_PROTOCOL)")
+    if isinstance(exc, _TopicMissing):
+        return str(exc)
+    return f"Kafka error: {type(exc).__name__}: {exc}"
+
+
+class _TopicMissing(Exception):
+    pass
+
+
+class _Reader:
+    """The loop both readers share; subclasses say how to open and what to do with a batch."""
+
+    role = "reader"
+
+    def __init__(self, settings: Settings, status: ComponentStatus, batcher: Batcher) -> None:
+        self.settings = settings
+        self.status = status
+        self.batcher = batcher
+
+    def run(self, stop: Event) -> None:
+        backoff = Backoff(0.5, 10.0)
+        while not stop.is_set():
+            consumer: KafkaConsumer | None = None
+            try:
+                self.status.set(STARTING)
+                consumer = self._open()
+                backoff.reset()
+                self._consume(consumer, stop)
+            except Exception as exc:  # noqa: BLE001 - a reader must outlive any error
+                if isinstance(exc, kafka_errors.KafkaError | _TopicMissing):
+                    self.status.set(DEGRADED, describe_kafka_error(exc, self.settings))
+                else:
+                    log.exception("%s reader failed; reconnecting", self.role)
+                    self.status.set(DEGRADED, f"{type(exc).__name__}: {exc}")
+                stop.wait(backoff.next())
+            finally:
+                if consumer is not None:
+                    self._close(consumer)
+        self.status.set(STOPPED)
+
+    def _consume(self, consumer: KafkaConsumer, stop: Event) -> None:
+        while not stop.is_set():
+            polled = consumer.poll(timeout_ms=int(self.batcher.time_left() * 1000) or 1,
+                                   max_records=self.batcher.room)
+            if polled:
+                self.batcher.add(self._decode(polled))
+            if self.batcher.ready():
+                self._deliver(consumer, self.batcher.take())
+            self._tick(consumer)
+        if len(self.batcher):  # the final drain: nothing read is left behind
+            self._deliver(consumer, self.batcher.take())
+
+    def _decode(self, polled: dict[TopicPartition, list[Any]]) -> Iterable[LogRecord]:
+        default_service = self.settings.default_service_name
+        for tp, messages in polled.items():
+            self.status.count("records_in", len(messages))
+            for message in messages:
+                record = decode(message.value, topic=tp.topic, partition=tp.partition, offset=message.offset,
+                                kafka_timestamp_ms=message.timestamp, default_service=default_service)
+                if record.malformed:
+                    self.status.count("records_malformed")
+                yield record
+
+    def _open(self) -> KafkaConsumer:
+        raise NotImplementedError
+
+    def _deliver(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> None:
+        raise NotImplementedError
+
+    def _tick(self, consumer: KafkaConsumer) -> None:
+        """Called once per poll; for periodic work."""
+
+    def _close(self, consumer: KafkaConsumer) -> None:
+        try:
+            consumer.close(autocommit=False, timeout_ms=5_000)
+        except Exception:  # noqa: BLE001 - closing a broken consumer may fail too
+            log.debug("closing the %s consumer failed", self.role, exc_info=True)
+
+
+class TailReader(_Reader):
+    """All partitions, from the end, no group: feeds the live hub."""
+
+    role = "tail"
+
+    def __init__(self, settings: Settings, status: ComponentStatus, publish: Callable[[list[LogRecord]], Any],
+                 partition_refresh_s: float = PARTITION_REFRESH_S) -> None:
+        super().__init__(settings, status, Batcher(settings.tail_batch_size, settings.tail_batch_interval_s,
+                                                   settings.batch_max_bytes))
+        self.publish = publish
+        self.partition_refresh_s = partition_refresh_s
+        self._next_refresh = 0.0
+
+    def _open(self) -> KafkaConsumer:
+        consumer = KafkaConsumer(group_id=None, **consumer_config(self.settings, self.role))
+        partitions = self._partitions(consumer, fresh=False)
+        consumer.assign(partitions)
+        consumer.seek_to_end()
+        for tp in partitions:  # resolve "end" now, so "ok" means records produced from here on are seen
+            consumer.position(tp)
+        self._next_refresh = time.monotonic() + self.partition_refresh_s
+        self.status.set(OK)
+        self.status.counters["partitions"] = len(partitions)
+        return consumer
+
+    def _partitions(self, consumer: KafkaConsumer, fresh: bool) -> list[TopicPartition]:
+        topic = self.settings.kafka_topic
+        if fresh:
+            consumer.topics()  # forces a metadata request, so added partitions show up
+        ids = consumer.partitions_for_topic(topic)
+        if not ids:
+            raise _TopicMissing(f"Kafka topic {topic!r} does not exist at {','.join(self.settings.kafka_brokers)} "
+                                "(check KAFKA_TOPIC)")
+        return [TopicPartition(topic, p) for p in sorted(ids)]
+
+    def _tick(self, consumer: KafkaConsumer) -> None:
+        if time.monotonic() < self._next_refresh:
+            return
+        self._next_refresh = time.monotonic() + self.partition_refresh_s
+        current = consumer.assignment()
+        added = [tp for tp in self._partitions(consumer, fresh=True) if tp not in current]
+        if added:
+            # A new partition is read from its beginning: everything in it is newer than our start.
+            consumer.assign(sorted(current | set(added)))
+            consumer.seek_to_beginning(*added)
+            self.status.counters["partitions"] = len(current) + len(added)
+            log.info("tail reader picked up new partitions %s", [tp.partition for tp in added])
+
+    def _deliver(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> None:
+        self.publish(batch)
+        self.status.count("batches")
+
+
+class ForwardReader(_Reader):
+    """Consumer group, manual commits after the collector accepted: feeds the OTLP sink."""
+
+    role = "forward"
+
+    def __init__(self, settings: Settings, status: ComponentStatus,
+                 export: Callable[[Sequence[LogRecord]], None], abandon: Event) -> None:
+        super().__init__(settings, status, Batcher(settings.forward_batch_size, settings.forward_batch_interval_s,
+                                                   settings.batch_max_bytes))
+        self.export = export
+        # Set when shutdown runs out of time: stop retrying a failing export and
+        # leave its offsets uncommitted (the next owner re-reads those records).
+        self.abandon = abandon
+
+    def _open(self) -> KafkaConsumer:
+        consumer = KafkaConsumer(group_id=self.settings.kafka_group_id,
+                                 auto_offset_reset=self.settings.kafka_auto_offset_reset,
+                                 **consumer_config(self.settings, self.role))
+        if not consumer.partitions_for_topic(self.settings.kafka_topic):
+            raise _TopicMissing(f"Kafka topic {self.settings.kafka_topic!r} does not exist "
+                                f"at {','.join(self.settings.kafka_brokers)} (check KAFKA_TOPIC)")
+        consumer.subscribe([self.settings.kafka_topic])
+        return consumer  # "ok" once the group is joined, see _tick
+
+    def _tick(self, consumer: KafkaConsumer) -> None:
+        self.status.counters["partitions"] = len(consumer.assignment())
+        joined = consumer.group_metadata().state == MemberState.STABLE
+        if joined and self.status.state != OK:
+            self.status.set(OK)
+        elif not joined and self.status.state == OK:
+            self.status.set(STARTING, "rejoining the consumer group")
+
+    def _deliver(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> None:
+        if not self._export_until_accepted(batch):
+            return
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for record in batch:
+            tp = TopicPartition(record.topic, record.partition)
+            if tp not in offsets or offsets[tp].offset <= record.offset:
+                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+        try:
+            consumer.commit(offsets)
+            self.status.count("records_committed", len(batch))
+        except kafka_errors.KafkaError as exc:
+            # Typically a rebalance took the partitions away: the new owner
+            # re-reads from the last commit, so these records arrive twice, never zero times.
+            self.status.count("commit_failures")
+            log.warning("commit of %d exported records failed (%s); they will be re-delivered",
+                        len(batch), exc)
+
+    def _export_until_accepted(self, batch: list[LogRecord]) -> bool:
+        """Retry retriable failures with capped backoff until accepted or abandoned."""
+        backoff = Backoff(0.5, self.settings.retry_backoff_max_s)
+        while True:
+            try:
+                self.export(batch)
+                return True
+            except ExportError as exc:
+                if not exc.retriable:
+                    # Not worth retrying: the batch itself is bad. Count it, say so,
+                    # and move on so one poison batch cannot stop the pipeline.
+                    self.status.count("records_rejected", len(batch))
+                    log.error("collector rejected %d records permanently: %s", len(batch), exc)
+                    return True
+                self.status.count("export_retries")
+                if self.abandon.wait(backoff.next(exc.retry_after or 0.0)):
+                    log.warning("shutdown: %d records not exported, offsets left uncommitted", len(batch))
+                    return False

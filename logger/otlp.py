@@ -1,0 +1,152 @@
+"""OTLP/HTTP sink: LogRecords → one ExportLogsServiceRequest → the collector.
+
+Records are encoded straight into the official ``opentelemetry-proto``
+messages (one ResourceLogs per service, so Loki indexes ``service_name``),
+and posted with the HTTP client of ``opentelemetry-exporter-otlp-proto-http``,
+which also reads the standard ``OTEL_EXPORTER_OTLP_*`` variables (headers,
+compression, timeout, certificates). ``OTEL_RESOURCE_ATTRIBUTES`` are added to
+every resource through the SDK's own detector.
+
+:meth:`OtlpSink.export` either returns (the collector answered 2xx for every
+record) or raises :class:`ExportError` saying whether a retry can help. The
+caller owns retrying: it must not commit offsets of a batch that raised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import (
+    AnyValue,
+    ArrayValue,
+    InstrumentationScope,
+    KeyValue,
+)
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as ProtoLogRecord
+from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs, ScopeLogs
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.sdk.resources import OTELResourceDetector
+
+import logger
+from logger.errors import ExportError
+from logger.records import LogRecord
+from logger.status import DEGRADED, OK, ComponentStatus
+
+# 408, 429 and 5xx can succeed later; any other 4xx is the batch's own fault.
+_RETRIABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_MAX_ATTRIBUTE_DEPTH = 8
+
+
+class OtlpSink:
+    """Sends batches of LogRecords to an OTLP/HTTP collector."""
+
+    def __init__(self, endpoint: str, status: ComponentStatus) -> None:
+        self.endpoint = endpoint
+        self.status = status
+        self._exporter = OTLPLogExporter(endpoint=endpoint)
+        self._base_resource = [
+            _key_value(key, value)
+            for key, value in OTELResourceDetector().detect().attributes.items()
+            if key != "service.name"
+        ]
+        self._scope = InstrumentationScope(name="logger-service", version=logger.__version__)
+
+    def export(self, records: Sequence[LogRecord]) -> None:
+        """Send one batch; raise ExportError unless the collector accepted all of it."""
+        if not records:
+            return
+        payload = self.encode(records).SerializeToString()
+        started = time.monotonic()
+        result = _post(self._exporter, payload)
+        if result.success:
+            self.status.count("requests")
+            self.status.count("records_exported", len(records))
+            self.status.set(OK)
+            self.status.counters["last_export_ms"] = int((time.monotonic() - started) * 1000)
+            return
+        status_code = result.status_code
+        reason = str(result.error or result.reason or "unknown error")
+        retriable = status_code is None or status_code in _RETRIABLE_STATUS
+        message = (f"collector at {self.endpoint} answered HTTP {status_code}: {reason}"
+                   if status_code is not None else f"collector at {self.endpoint} unreachable: {reason}")
+        self.status.count("failed_requests")
+        self.status.set(DEGRADED, message)
+        raise ExportError(message, status=status_code, retriable=retriable)
+
+    def encode(self, records: Iterable[LogRecord]) -> ExportLogsServiceRequest:
+        """Group records by service: one ResourceLogs (with ``service.name``) each."""
+        observed = time.time_ns()
+        by_service: dict[str, list[ProtoLogRecord]] = {}
+        for record in records:
+            by_service.setdefault(record.service, []).append(_to_proto(record, observed))
+        return ExportLogsServiceRequest(resource_logs=[
+            ResourceLogs(
+                resource=Resource(attributes=[_key_value("service.name", service), *self._base_resource]),
+                scope_logs=[ScopeLogs(scope=self._scope, log_records=log_records)],
+            )
+            for service, log_records in by_service.items()
+        ])
+
+    def shutdown(self) -> None:
+        """Abort any retry the HTTP client is sleeping in, and close its session."""
+        self._exporter.shutdown()
+
+
+def _post(exporter: OTLPLogExporter, payload: bytes) -> Any:
+    # OTLPLogExporter.export() only takes SDK log records and only answers
+    # SUCCESS/FAILURE; we need the status code to tell a permanent rejection
+    # (dead-letter it) from an outage (retry, keep offsets). Its HTTP client
+    # (retries 429/502/503/504 with Retry-After inside its timeout, reads
+    # OTEL_EXPORTER_OTLP_* settings) is the one private piece we reach into;
+    # pinned in requirements.txt, covered by the integration tests.
+    return exporter._client.export(payload)  # noqa: SLF001
+
+
+def _to_proto(record: LogRecord, observed_ns: int) -> ProtoLogRecord:
+    attributes = list(_flatten(record.attributes))
+    if record.malformed:
+        attributes.append(_key_value("log.malformed", record.malformed))
+    return ProtoLogRecord(
+        time_unix_nano=record.time_unix_nano,
+        observed_time_unix_nano=observed_ns,
+        severity_number=record.severity_number,
+        severity_text=record.level.upper() if record.severity_number else "",
+        body=AnyValue(string_value=record.message),
+        attributes=attributes,
+    )
+
+
+def _flatten(attributes: dict[str, Any], prefix: str = "", depth: int = 0) -> Iterable[KeyValue]:
+    """Nested objects become dotted keys, so Loki can use them as structured metadata."""
+    for key, value in attributes.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and depth < _MAX_ATTRIBUTE_DEPTH:
+            yield from _flatten(value, name + ".", depth + 1)
+        elif value is not None:
+            yield _key_value(name, value)
+
+
+def _key_value(key: str, value: Any) -> KeyValue:
+    return KeyValue(key=key, value=_any_value(value))
+
+
+def _any_value(value: Any) -> AnyValue:
+    if isinstance(value, str):
+        return AnyValue(string_value=value)
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        if -(1 << 63) <= value < (1 << 63):
+            return AnyValue(int_value=value)
+        return AnyValue(string_value=str(value))
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, (list, tuple)):
+        return AnyValue(array_value=ArrayValue(values=[_any_value(v) for v in value if v is not None]))
+    # Objects nested too deep, or inside arrays: keep them as JSON text.
+    return AnyValue(string_value=orjson.dumps(value, default=str).decode())

@@ -1,0 +1,234 @@
+"""LogRecord: decode a Kafka message value once, normalise its fields once.
+
+A value is usually a JSON object such as
+``{"timestamp": "...", "level": "error", "service": "orders", "message": "..."}``.
+Known spellings of the timestamp, level, service and message fields are
+normalised; every other field is kept as an attribute. A value that is not a
+JSON object (plain text, invalid UTF-8, empty, a tombstone, a JSON scalar)
+becomes a record whose body is the text, with ``malformed`` saying why:
+decoding never raises.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+TIMESTAMP_KEYS = ("timestamp", "@timestamp", "time", "ts", "datetime")
+LEVEL_KEYS = ("level", "severity", "severity_text", "levelname", "log.level", "lvl", "loglevel")
+SERVICE_KEYS = ("service", "service.name", "service_name", "serviceName", "app", "application")
+MESSAGE_KEYS = ("message", "msg", "body", "log", "text")
+
+# OTLP SeverityNumber (logs data model) for each spelling, with the canonical
+# level name clients see and filter on.
+_LEVELS: dict[str, tuple[int, str]] = {}
+for _names, _number, _canonical in (
+    (("trace", "trc", "finest", "verbose"), 1, "trace"),
+    (("debug", "dbg", "fine", "finer"), 5, "debug"),
+    (("info", "information", "informational", "inf"), 9, "info"),
+    (("notice",), 10, "info"),
+    (("warn", "warning", "wrn"), 13, "warn"),
+    (("error", "err", "eror", "severe"), 17, "error"),
+    (("critical", "crit", "fatal", "ftl"), 21, "fatal"),
+    (("alert",), 22, "fatal"),
+    (("emergency", "emerg", "panic"), 23, "fatal"),
+):
+    for _name in _names:
+        _LEVELS[_name] = (_number, _canonical)
+# Numeric syslog severities (RFC 5424): 0 emergency ... 7 debug.
+_SYSLOG = {0: "emergency", 1: "alert", 2: "critical", 3: "error",
+           4: "warning", 5: "notice", 6: "info", 7: "debug"}
+LEVEL_NAMES = ("trace", "debug", "info", "warn", "error", "fatal")
+UNKNOWN_LEVEL = (0, "unknown")
+
+_ISO_FRACTION = re.compile(r"^(.*?T\d{2}:\d{2}:\d{2})[.,](\d+)(.*)$")
+
+
+@dataclass(slots=True)
+class LogRecord:
+    """One log line, normalised. Times are nanoseconds since the epoch."""
+
+    time_unix_nano: int
+    severity_number: int
+    level: str
+    service: str
+    message: str
+    attributes: dict[str, Any]
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    malformed: str | None = None
+    size: int = 0
+
+    def to_client(self) -> dict[str, Any]:
+        """The record as WebSocket clients receive it (see the README's protocol)."""
+        out: dict[str, Any] = {
+            "time": format_time(self.time_unix_nano),
+            "level": self.level,
+            "severity": self.severity_number,
+            "service": self.service,
+            "message": self.message,
+            "attributes": self.attributes,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+        }
+        if self.malformed:
+            out["malformed"] = self.malformed
+        return out
+
+
+def decode(value: bytes | None, *, topic: str = "", partition: int = -1, offset: int = -1,
+           kafka_timestamp_ms: int | None = None, default_service: str = "unknown_service") -> LogRecord:
+    """Turn one Kafka message value into a LogRecord. Never raises."""
+    fallback_ns = (kafka_timestamp_ms or 0) * 1_000_000
+    position = {"topic": topic, "partition": partition, "offset": offset}
+    if value is None:
+        return _text_record("", "tombstone", fallback_ns, default_service, 0, position)
+    size = len(value)
+    if not value.strip():
+        return _text_record(value.decode("utf-8", "replace"), "empty", fallback_ns, default_service, size, position)
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        try:
+            text, reason = value.decode("utf-8"), "not_json"
+        except UnicodeDecodeError:
+            text, reason = value.decode("utf-8", "replace"), "invalid_utf8"
+        return _text_record(text, reason, fallback_ns, default_service, size, position)
+    if not isinstance(parsed, dict):
+        return _text_record(value.decode("utf-8", "replace"), "not_object", fallback_ns,
+                            default_service, size, position)
+    return _from_object(parsed, fallback_ns, default_service, size, position)
+
+
+def _text_record(text: str, reason: str, time_ns: int, service: str, size: int,
+                 position: dict[str, Any]) -> LogRecord:
+    number, level = UNKNOWN_LEVEL
+    return LogRecord(time_ns, number, level, service, text, {}, malformed=reason, size=size, **position)
+
+
+def _from_object(obj: dict[str, Any], fallback_ns: int, default_service: str, size: int,
+                 position: dict[str, Any]) -> LogRecord:
+    attributes = dict(obj)
+    time_ns = None
+    for key in TIMESTAMP_KEYS:
+        if key in attributes:
+            time_ns = parse_time(attributes[key])
+            if time_ns is not None:
+                del attributes[key]
+                break
+    severity = UNKNOWN_LEVEL
+    for key in LEVEL_KEYS:
+        if key in attributes:
+            found = parse_level(attributes[key])
+            if found is not None:
+                severity = found
+                del attributes[key]
+                break
+    service = _pop_service(attributes) or default_service
+    message: Any = ""
+    for key in MESSAGE_KEYS:
+        if key in attributes:
+            message = attributes.pop(key)
+            break
+    if not isinstance(message, str):
+        message = orjson.dumps(message).decode()
+    number, level = severity
+    return LogRecord(fallback_ns if time_ns is None else time_ns, number, level, service, message,
+                     attributes, size=size, **position)
+
+
+def _pop_service(attributes: dict[str, Any]) -> str | None:
+    nested = attributes.get("service")
+    if isinstance(nested, dict) and isinstance(nested.get("name"), str) and nested["name"]:
+        name = nested.pop("name")
+        if not nested:
+            del attributes["service"]
+        return name
+    for key in SERVICE_KEYS:
+        value = attributes.get(key)
+        if isinstance(value, str) and value:
+            del attributes[key]
+            return value
+    return None
+
+
+def parse_level(value: Any) -> tuple[int, str] | None:
+    """A level spelling or a syslog number → (OTLP severity number, canonical name)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return _LEVELS.get(_SYSLOG.get(value, ""))
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word.isdigit():
+            return _LEVELS.get(_SYSLOG.get(int(word), ""))
+        return _LEVELS.get(word)
+    return None
+
+
+def parse_time(value: Any) -> int | None:
+    """ISO-8601 text or epoch seconds/milliseconds/microseconds/nanoseconds → ns."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return _epoch_to_ns(float(text)) if text and text[0].isdigit() and "-" not in text \
+                and ":" not in text else _iso_to_ns(text)
+        except (ValueError, OverflowError):
+            return None
+    if isinstance(value, (int, float)):
+        try:
+            return _epoch_to_ns(value)
+        except (ValueError, OverflowError):
+            return None
+    return None
+
+
+def _epoch_to_ns(number: float) -> int:
+    if number != number or number < 0:  # nan or negative
+        raise ValueError(number)
+    if number < 1e11:
+        scale = 1_000_000_000  # seconds
+    elif number < 1e14:
+        scale = 1_000_000  # milliseconds
+    elif number < 1e17:
+        scale = 1_000  # microseconds
+    else:
+        scale = 1
+    # Split whole and fraction: a float times 1e9 would lose the last digits.
+    whole = int(number)
+    return whole * scale + round((number - whole) * scale)
+
+
+def _iso_to_ns(text: str) -> int:
+    # datetime keeps microseconds; keep the full fraction (up to ns) ourselves.
+    fraction_ns = 0
+    match = _ISO_FRACTION.match(text)
+    if match:
+        head, digits, tail = match.groups()
+        fraction_ns = int((digits + "000000000")[:9])
+        text = head + tail
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    seconds = int(parsed.timestamp())
+    return seconds * 1_000_000_000 + fraction_ns
+
+
+def format_time(time_unix_nano: int) -> str:
+    """ns since the epoch → ``2026-11-27T11:36:57.123456789Z``."""
+    seconds, nanos = divmod(time_unix_nano, 1_000_000_000)
+    try:
+        stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        stamp = "1970-01-01T00:00:00"
+    return f"{stamp}.{nanos:09d}Z"

@@ -1,0 +1,113 @@
+"""Wires the stages together and owns their lifecycle: start, health, stop.
+
+One :class:`LogService` per Gunicorn worker. :meth:`start` must run after
+gevent has monkey-patched (Gunicorn's ``post_worker_init``), because the
+readers are greenlets and kafka-python's I/O thread must become one too.
+:meth:`stop` is idempotent, bounded by its timeout, and goes in a fixed order:
+readers stop and drain their batches (to clients and to the collector, whose
+offsets are then committed, and the group is left), then every WebSocket
+client is closed with 1001.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import gevent
+from gevent.event import Event
+
+import logger
+from logger.config import Settings
+from logger.hub import Hub
+from logger.kafka_source import ForwardReader, TailReader
+from logger.otlp import OtlpSink
+from logger.status import DEGRADED, DISABLED, IDLE, OK, STARTING, ComponentStatus
+
+log = logging.getLogger(__name__)
+
+
+class LogService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hub = Hub(settings)
+        self.started_at = time.time()
+        self.tail = ComponentStatus("kafka tail reader", STARTING if settings.tail_enabled else DISABLED)
+        self.forward = ComponentStatus("kafka forward reader", STARTING if settings.forward_enabled else DISABLED)
+        # The collector is "idle" until the first export says otherwise.
+        self.collector = ComponentStatus("OTLP collector", IDLE if settings.forward_enabled else DISABLED)
+        self._stop = Event()
+        self._abandon = Event()
+        self._readers: list[gevent.Greenlet] = []
+        self._keepalive: gevent.Greenlet | None = None
+        self._sink: OtlpSink | None = None
+        self._started = False
+        self._stopping = False
+        self._stopped = Event()
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        settings = self.settings
+        if settings.tail_enabled:
+            reader = TailReader(settings, self.tail, self.hub.publish)
+            self._readers.append(gevent.spawn(reader.run, self._stop))
+        if settings.forward_enabled:
+            self._sink = OtlpSink(settings.otlp_endpoint, self.collector)
+            reader = ForwardReader(settings, self.forward, self._sink.export, self._abandon)
+            self._readers.append(gevent.spawn(reader.run, self._stop))
+        self._keepalive = gevent.spawn(self.hub.keepalive, self._stop)
+        log.info("pipeline started: topic %r, brokers %s, tail %s, forward %s to %s", settings.kafka_topic,
+                 ",".join(settings.kafka_brokers), "on" if settings.tail_enabled else "off",
+                 "on" if settings.forward_enabled else "off", settings.otlp_endpoint)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Drain and close within ``timeout`` seconds. Safe to call more than once:
+        a second caller waits for the first one's drain to finish."""
+        if self._stopping:
+            self._stopped.wait(timeout)
+            return
+        self._stopping = True
+        try:
+            self._drain(timeout)
+        finally:
+            self._stopped.set()
+
+    def _drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        log.info("draining: %d clients connected", len(self.hub))
+        self._stop.set()
+        # Readers flush their last batch, export it and commit; a collector that
+        # is down gets most of the budget, then is abandoned (offsets stay uncommitted).
+        gevent.joinall(self._readers, timeout=max(timeout * 0.6, 0.1))
+        if any(not g.dead for g in self._readers):
+            self._abandon.set()
+            if self._sink is not None:
+                self._sink.shutdown()
+            gevent.joinall(self._readers, timeout=max(deadline - time.monotonic() - 2.5, 0.1))
+            gevent.killall([g for g in self._readers if not g.dead], timeout=1)
+        elif self._sink is not None:
+            self._sink.shutdown()
+        if self._keepalive is not None:
+            self._keepalive.kill(block=False)
+        self.hub.close_all(timeout=max(min(deadline - time.monotonic(), 2.0), 0.1))
+        log.info("drained in %.2fs", timeout - (deadline - time.monotonic()))
+
+    def health(self) -> dict[str, Any]:
+        """The body of ``GET /health``."""
+        parts = (self.tail, self.forward, self.collector)
+        healthy = all(part.state in (OK, DISABLED, IDLE) for part in parts)
+        return {
+            "status": "ok" if healthy else DEGRADED,
+            "version": logger.__version__,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "worker": os.getpid(),
+            "clients": len(self.hub),
+            "kafka": {"brokers": list(self.settings.kafka_brokers), "topic": self.settings.kafka_topic,
+                      "tail": self.tail.as_dict(), "forward": self.forward.as_dict()},
+            "collector": {"endpoint": self.settings.otlp_endpoint, **self.collector.as_dict()},
+            "hub": dict(self.hub.counters),
+        }

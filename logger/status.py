@@ -1,0 +1,54 @@
+"""What each stage reports about itself, for ``/health`` and the log.
+
+Each reader and the OTLP sink own one :class:`ComponentStatus`; counters are
+plain integers because every writer is a greenlet in one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# States a component can be in. "ok" and "idle" (nothing to do yet) are healthy.
+STARTING, OK, IDLE, DEGRADED, STOPPED, DISABLED = "starting", "ok", "idle", "degraded", "stopped", "disabled"
+
+
+@dataclass
+class ComponentStatus:
+    """State of one stage (a reader, the collector), with the last error and since when."""
+
+    name: str
+    state: str = STARTING
+    error: str | None = None
+    since: float = field(default_factory=time.time)
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def set(self, state: str, error: str | None = None) -> None:
+        """Move to ``state``; log each change once, not once per retry."""
+        if state == self.state and error == self.error:
+            return
+        if error and error != self.error:
+            log.warning("%s is %s: %s", self.name, state, error)
+        elif state != self.state:
+            log.info("%s is %s", self.name, state)
+        if state != self.state:
+            self.since = time.time()
+        self.state, self.error = state, error
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] += amount
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state, "since": _iso(self.since), **self.counters}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -1,0 +1,273 @@
+"""One WebSocket connection: RFC 6455 frames over the socket gevent-websocket upgraded.
+
+Writing never blocks the caller. The hub hands every client the same frame
+``bytes``; the common case is one non-blocking ``send()`` that takes it all,
+with no greenlet switch. Only a client whose socket would block gets a
+pending queue and a writer greenlet of its own, and that queue is bounded:
+past ``max_pending`` bytes the oldest *batches* are dropped (control frames
+never are) and the client is told ``{"type":"dropped","count":N}`` once it
+catches up; a client that stays stuck is closed with 1008.
+
+Reading runs in the connection's own greenlet (:meth:`serve`). We parse frames
+ourselves rather than use gevent-websocket's ``WebSocket`` because that class
+never puts the close code in its close frame and writes pongs with a blocking
+``sendall`` that could interleave with our frames (gevent-websocket 0.10.1).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import orjson
+
+log = logging.getLogger(__name__)
+
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+# Close codes (RFC 6455 §7.4.1) this service sends.
+NORMAL, GOING_AWAY, PROTOCOL_ERROR, UNSUPPORTED_DATA = 1000, 1001, 1002, 1003
+INVALID_PAYLOAD, POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LATER = 1007, 1008, 1009, 1011, 1013
+
+CLOSE_WAIT_S = 2.0  # how long a closing client may take to answer our close frame
+
+
+def encode_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
+    """A single unmasked server frame (servers never mask, RFC 6455 §5.1)."""
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x80 | opcode, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, length)
+    return header + payload
+
+
+def encode_message(message: dict[str, Any]) -> bytes:
+    return encode_frame(orjson.dumps(message))
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    return encode_frame(struct.pack("!H", code) + reason.encode()[:123], OP_CLOSE)
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the protocol; ``code`` is the close code to answer with."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class WebSocketClient:
+    # __slots__ keeps an idle connection small: 10,000 of them is the design point.
+    __slots__ = ("sock", "_raw", "_rfile", "address", "max_pending", "max_message_bytes",
+                 "_pending", "_pending_bytes", "_writer", "dropped", "closing", "closed",
+                 "last_seen", "backlogged_since", "stall_timeout_s", "__weakref__")
+
+    def __init__(self, sock: socket.socket, rfile: Any, address: str = "", *, max_pending: int = 4 << 20,
+                 max_message_bytes: int = 64 << 10, stall_timeout_s: float = 60.0) -> None:
+        self.sock = sock
+        # gevent's socket wraps a real non-blocking socket; sending on that one
+        # directly is the cheap path: it either takes bytes or raises BlockingIOError.
+        self._raw = getattr(sock, "_sock", sock)
+        self._rfile = rfile
+        self.address = address
+        self.max_pending = max_pending
+        self.max_message_bytes = max_message_bytes
+        self.stall_timeout_s = stall_timeout_s
+        self._pending: deque[tuple[memoryview | bytes, bool]] | None = None
+        self._pending_bytes = 0
+        self._writer: gevent.Greenlet | None = None
+        self.dropped = 0
+        self.closing = False
+        self.closed = False
+        self.last_seen = time.monotonic()
+        self.backlogged_since = 0.0
+
+    # -- writing: called by the hub, never blocks ------------------------------------
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def send(self, frame: bytes, droppable: bool = True) -> None:
+        """Queue one encoded frame; drop old batches rather than grow past the bound."""
+        if self.closing or self.closed:
+            return
+        if self._pending:
+            self._pending.append((frame, droppable))
+            self._pending_bytes += len(frame)
+            self._enforce_bound()
+            return
+        try:
+            sent = self._raw.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abort()
+            return
+        if sent < len(frame):
+            # The head frame is partly on the wire: it must finish, so it is not droppable.
+            self._pending = deque([(memoryview(frame)[sent:], False)])
+            self._pending_bytes = len(frame) - sent
+            self.backlogged_since = time.monotonic()
+            self._writer = gevent.spawn(self._drain)
+
+    def _enforce_bound(self) -> None:
+        pending = self._pending
+        assert pending is not None
+        if self._pending_bytes <= self.max_pending:
+            return
+        kept: deque[tuple[memoryview | bytes, bool]] = deque([pending.popleft()])
+        while pending:
+            frame, droppable = pending.popleft()
+            if droppable and self._pending_bytes > self.max_pending:
+                self._pending_bytes -= len(frame)
+                self.dropped += 1
+            else:
+                kept.append((frame, droppable))
+        self._pending = kept
+        if time.monotonic() - self.backlogged_since > self.stall_timeout_s:
+            self.close(POLICY_VIOLATION, "client too slow")
+
+    def _drain(self) -> None:
+        """The writer greenlet of a backlogged client: write until the queue is empty."""
+        try:
+            while self._pending:
+                frame, _ = self._pending[0]
+                self.sock.sendall(frame)
+                self._pending.popleft()
+                self._pending_bytes -= len(frame)
+                if not self._pending and self.dropped and not self.closing:
+                    notice = encode_message({"type": "dropped", "count": self.dropped})
+                    self.dropped = 0
+                    self._pending.append((notice, False))
+                    self._pending_bytes += len(notice)
+        except OSError:
+            self.abort()
+        finally:
+            self._pending = None
+            self._pending_bytes = 0
+            self._writer = None
+
+    def close(self, code: int = NORMAL, reason: str = "") -> None:
+        """Start the closing handshake; the socket is shut if the peer doesn't answer in time."""
+        if self.closing or self.closed:
+            return
+        self.send(close_frame(code, reason), droppable=False)
+        self.closing = True
+        gevent.spawn_later(CLOSE_WAIT_S, self.abort)
+
+    def abort(self) -> None:
+        """Drop the connection now; the reading greenlet sees EOF and ends."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- reading: runs in the connection's greenlet ----------------------------------
+
+    def serve(self, on_text: Callable[[str], None]) -> None:
+        """Read messages until the peer closes; answer pings; enforce the limits."""
+        try:
+            while not self.closed:
+                opcode, payload = self._read_message()
+                if opcode == OP_TEXT:
+                    try:
+                        text = payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise ProtocolViolation(INVALID_PAYLOAD, "text frame is not valid UTF-8") from None
+                    on_text(text)
+                elif opcode == OP_BINARY:
+                    raise ProtocolViolation(UNSUPPORTED_DATA, "binary messages are not accepted")
+                else:  # OP_CLOSE: answer with the same code, then we're done
+                    if not self.closing:
+                        code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else NORMAL
+                        self.close(code if _echoable(code) else NORMAL)
+                    return
+        except ProtocolViolation as exc:
+            log.info("closing WebSocket %s: %s (%d)", self.address, exc.reason, exc.code)
+            self.close(exc.code, exc.reason)
+        except (OSError, EOFError):
+            pass
+        finally:
+            self.closed = True
+
+    def _read_message(self) -> tuple[int, bytes]:
+        """Next text/binary/close message; pings and pongs are handled on the way."""
+        opcode = None
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            fin, frame_opcode, payload = self._read_frame()
+            self.last_seen = time.monotonic()
+            if frame_opcode >= OP_CLOSE:
+                if frame_opcode == OP_PING:
+                    self.send(encode_frame(payload, OP_PONG), droppable=False)
+                elif frame_opcode == OP_CLOSE:
+                    return OP_CLOSE, payload
+                continue  # a pong: last_seen is all it is for
+            if frame_opcode == OP_CONTINUATION:
+                if opcode is None:
+                    raise ProtocolViolation(PROTOCOL_ERROR, "continuation frame without a message")
+            elif opcode is not None:
+                raise ProtocolViolation(PROTOCOL_ERROR, "new message inside a fragmented one")
+            else:
+                opcode = frame_opcode
+            size += len(payload)
+            if size > self.max_message_bytes:
+                raise ProtocolViolation(MESSAGE_TOO_BIG, f"message larger than {self.max_message_bytes} bytes")
+            parts.append(payload)
+            if fin:
+                return opcode, b"".join(parts)
+
+    def _read_frame(self) -> tuple[bool, int, bytes]:
+        head = self._read_exactly(2)
+        first, second = head[0], head[1]
+        fin, opcode, length = bool(first & 0x80), first & 0x0F, second & 0x7F
+        if first & 0x70:
+            raise ProtocolViolation(PROTOCOL_ERROR, "reserved bits set without an extension")
+        if opcode not in (OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG):
+            raise ProtocolViolation(PROTOCOL_ERROR, f"unknown opcode {opcode}")
+        if not second & 0x80:
+            raise ProtocolViolation(PROTOCOL_ERROR, "client frames must be masked")
+        if opcode >= OP_CLOSE and (length > 125 or not fin):
+            raise ProtocolViolation(PROTOCOL_ERROR, "control frames must be short and unfragmented")
+        if length == 126:
+            length = struct.unpack("!H", self._read_exactly(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", self._read_exactly(8))[0]
+        if length > self.max_message_bytes:
+            raise ProtocolViolation(MESSAGE_TOO_BIG, f"message larger than {self.max_message_bytes} bytes")
+        mask = self._read_exactly(4)
+        return fin, opcode, _unmask(self._read_exactly(length), mask) if length else b""
+
+    def _read_exactly(self, size: int) -> bytes:
+        data = self._rfile.read(size)
+        if len(data) != size:
+            raise EOFError
+        return data
+
+
+def _unmask(data: bytes, mask: bytes) -> bytes:
+    # XOR as one big integer: far faster in CPython than a byte loop.
+    length = len(data)
+    key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
+    return (int.from_bytes(data, "big") ^ key).to_bytes(length, "big")
+
+
+def _echoable(code: int) -> bool:
+    """Codes a peer may send us and we may send back (RFC 6455 §7.4)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999

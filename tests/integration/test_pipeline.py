@@ -1,0 +1,152 @@
+"""Kafka → WebSocket clients and Kafka → collector, through the real service under Gunicorn."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from tests.conftest import produce
+
+LEVELS = ["debug", "info", "WARNING", "err", "fatal"]
+SEVERITY = {"debug": (5, "debug"), "info": (9, "info"), "WARNING": (13, "warn"), "err": (17, "error"),
+            "fatal": (21, "fatal")}
+T0 = 1_790_000_000_000  # ms
+
+
+def log_values(run_id: str, count: int, start: int = 0) -> list[bytes]:
+    return [json.dumps({"timestamp": T0 + i, "level": LEVELS[i % 5], "service": f"svc-{i % 2}",
+                        "message": f"message {i}", "run": run_id, "seq": i, "user": {"id": i}}).encode()
+            for i in range(start, start + count)]
+
+
+def of_run(run_id: str):
+    return lambda record: record["attributes"].get("run") == run_id
+
+
+def test_records_reach_every_client_in_order_and_the_collector(kafka, topic, service, ws_client, receiver, run_id):
+    name = topic(1)
+    proc = service(name)
+    clients = [ws_client(proc.ws_url) for _ in range(2)]
+    for client in clients:
+        client_hello = client.messages[0] if client.messages else None
+        assert client_hello is None or client_hello["type"] == "hello"
+
+    produce(kafka, name, log_values(run_id, 60))
+
+    for client in clients:
+        records = client.wait_records(60, where=of_run(run_id))
+        assert [r["attributes"]["seq"] for r in records] == list(range(60))
+        assert [r["offset"] for r in records] == list(range(60))
+        assert records[2] == {
+            "time": "2026-09-21T14:13:20.002000000Z", "level": "warn", "severity": 13, "service": "svc-0",
+            "message": "message 2", "attributes": {"run": run_id, "seq": 2, "user": {"id": 2}},
+            "topic": name, "partition": 0, "offset": 2,
+        }
+        assert client.messages[0]["type"] == "hello"
+
+    exported = receiver.wait_for_matching(lambda r: r["attributes"].get("run") == run_id, 60)
+    by_seq = {r["attributes"]["seq"]: r for r in exported}
+    assert sorted(by_seq) == list(range(60))
+    for seq, record in by_seq.items():
+        number, _ = SEVERITY[LEVELS[seq % 5]]
+        assert record["body"] == f"message {seq}"
+        assert record["severity_number"] == number
+        assert record["time_unix_nano"] == (T0 + seq) * 1_000_000
+        assert record["resource"]["service.name"] == f"svc-{seq % 2}"
+        assert record["attributes"]["user.id"] == seq
+
+
+def test_two_workers_and_three_partitions_every_client_sees_everything(kafka, topic, service, ws_client, receiver,
+                                                                     run_id):
+    name = topic(3)
+    proc = service(name, workers=2)
+    clients, workers = [], set()
+    for _ in range(20):  # connections spread over workers by the kernel; keep going until both have one
+        client = ws_client(proc.ws_url)
+        client_hello = _hello(client)
+        clients.append(client)
+        workers.add(client_hello["worker"])
+        if len(workers) == 2 and len(clients) >= 2:
+            break
+    assert len(workers) == 2, "could not reach both workers"
+
+    produce(kafka, name, log_values(run_id, 90), partition_of=lambda i: i % 3)
+
+    for client in clients:
+        records = client.wait_records(90, where=of_run(run_id))
+        assert sorted(r["attributes"]["seq"] for r in records) == list(range(90))
+        per_partition = defaultdict(list)
+        for r in records:
+            per_partition[r["partition"]].append(r["offset"])
+        assert all(offsets == sorted(offsets) for offsets in per_partition.values())
+        assert set(per_partition) == {0, 1, 2}
+
+    # The forward path splits partitions between the workers: each record once.
+    exported = receiver.wait_for_matching(lambda r: r["attributes"].get("run") == run_id, 90)
+    assert sorted(r["attributes"]["seq"] for r in exported) == list(range(90))
+
+
+def test_committed_offsets_follow_the_collector_and_a_restart_forwards_nothing_twice(
+        kafka, topic, service, receiver, run_id):
+    name = topic(2)
+    group = f"group-{run_id}"
+    matching = lambda r: r["attributes"].get("run") == run_id  # noqa: E731
+    proc = service(name, group=group)
+    produce(kafka, name, log_values(run_id, 40), partition_of=lambda i: i % 2)
+    receiver.wait_for_matching(matching, 40)
+    assert proc.stop() == 0
+
+    ends = _committed(kafka, group, name, 2)
+    assert ends == {0: 20, 1: 20}
+
+    produce(kafka, name, log_values(run_id, 30, start=40), partition_of=lambda i: i % 2)
+    service(name, group=group)
+    exported = receiver.wait_for_matching(matching, 70)
+    seqs = sorted(r["attributes"]["seq"] for r in exported)
+    assert seqs == list(range(70)), "each record exactly once across the restart"
+
+
+@pytest.mark.parametrize("value, reason, body", [
+    (b"plain text, not JSON", "not_json", "plain text, not JSON"),
+    (b"\xc3\x28 bad utf-8", "invalid_utf8", "\ufffd( bad utf-8"),
+    (b"", "empty", ""),
+    (None, "tombstone", ""),
+])
+def test_malformed_values_are_delivered_as_text_and_counted(kafka, topic, service, ws_client, receiver, value,
+                                                            reason, body):
+    name = topic(1)
+    proc = service(name)
+    client = ws_client(proc.ws_url)
+    produce(kafka, name, [value, json.dumps({"message": "after"}).encode()])
+    records = client.wait_records(2)
+    assert records[0]["malformed"] == reason and records[0]["message"] == body
+    assert records[1]["message"] == "after", "the loop survived"
+    exported = receiver.wait_for_matching(
+        lambda r: r["resource"]["service.name"] == "unknown_service" and r["attributes"].get("log.malformed") == reason
+        and r["body"] == body, 1)
+    assert exported
+    health = proc.health()
+    assert health["kafka"]["tail"]["records_malformed"] == 1
+    assert health["kafka"]["forward"]["records_malformed"] == 1
+
+
+def _hello(client, timeout: float = 5.0) -> dict:
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.messages:
+            return client.messages[0]
+        time.sleep(0.02)
+    raise TimeoutError("no hello")
+
+
+def _committed(kafka, group: str, topic_name: str, partitions: int) -> dict[int, int | None]:
+    """The group's committed offsets, read without joining the group."""
+    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic_name, p)) for p in range(partitions)}
+    finally:
+        consumer.close(autocommit=False)

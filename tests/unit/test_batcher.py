@@ -1,0 +1,59 @@
+"""Batching by count, bytes and age, on a fake clock."""
+
+from __future__ import annotations
+
+from logger.backoff import Backoff
+from logger.batcher import Batcher
+from logger.records import decode
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def records(n: int, size: int = 10):
+    return [decode(b"x" * size) for _ in range(n)]
+
+
+def test_ready_when_full():
+    batcher = Batcher(3, 1.0, clock=Clock())
+    batcher.add(records(2))
+    assert not batcher.ready() and batcher.room == 1
+    batcher.add(records(1))
+    assert batcher.ready()
+    assert len(batcher.take()) == 3 and len(batcher) == 0 and not batcher.ready()
+
+
+def test_ready_when_bytes_reach_the_bound():
+    batcher = Batcher(100, 1.0, max_bytes=25, clock=Clock())
+    batcher.add(records(2, size=10))
+    assert not batcher.ready()
+    batcher.add(records(1, size=10))
+    assert batcher.ready()
+
+
+def test_ready_when_the_oldest_record_waited_long_enough():
+    clock = Clock()
+    batcher = Batcher(100, 0.5, clock=clock)
+    assert batcher.time_left() == 0.5 and not batcher.ready()
+    batcher.add(records(1))
+    clock.now += 0.3
+    assert abs(batcher.time_left() - 0.2) < 1e-9 and not batcher.ready()
+    batcher.add(records(1))  # a later record does not push the deadline back
+    clock.now += 0.2
+    assert batcher.ready() and batcher.time_left() == 0
+
+
+def test_backoff_doubles_to_a_cap_and_honours_retry_after():
+    import random
+    backoff = Backoff(1.0, 8.0, rng=random.Random(1))
+    delays = [backoff.next() for _ in range(6)]
+    caps = [1, 2, 4, 8, 8, 8]
+    assert all(cap / 2 <= d <= cap for d, cap in zip(delays, caps))
+    assert backoff.next(at_least=20.0) == 20.0
+    backoff.reset()
+    assert backoff.next() <= 1.0

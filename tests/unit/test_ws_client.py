@@ -1,0 +1,132 @@
+"""WebSocketClient over a gevent socketpair: framing, limits, slow peers."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import gevent
+import orjson
+import pytest
+from gevent import socket
+
+from logger.ws_client import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    WebSocketClient,
+    encode_frame,
+)
+
+
+def masked(payload: bytes, opcode: int = OP_TEXT, fin: bool = True) -> bytes:
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    length = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    if length < 126:
+        head = struct.pack("!BB", first, 0x80 | length)
+    elif length < 65536:
+        head = struct.pack("!BBH", first, 0x80 | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, 0x80 | 127, length)
+    return head + mask + body
+
+
+def read_frame(sock) -> tuple[int, bytes]:
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+    first, second = exactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = struct.unpack("!H", exactly(2))[0]
+    elif length == 127:
+        length = struct.unpack("!Q", exactly(8))[0]
+    return first & 0x0F, exactly(length)
+
+
+@pytest.fixture
+def pair():
+    server, peer = socket.socketpair()
+    client = WebSocketClient(server, server.makefile("rb"), "test", max_pending=64 << 10, max_message_bytes=1024)
+    yield client, peer
+    server.close()
+    peer.close()
+
+
+def serve(client, received):
+    return gevent.spawn(client.serve, received.append)
+
+
+def close_code(payload: bytes) -> int:
+    return struct.unpack("!H", payload[:2])[0]
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
+def test_frames_of_every_length_arrive_intact(pair, size):
+    client, peer = pair
+    payload = b"a" * size
+    gevent.spawn(client.send, encode_frame(payload))
+    assert read_frame(peer) == (OP_TEXT, payload)
+
+
+def test_text_messages_reach_the_callback_and_ping_gets_pong(pair):
+    client, peer = pair
+    received: list[str] = []
+    reader = serve(client, received)
+    peer.sendall(masked(b"hel", fin=False) + masked(b"lo", opcode=0) + masked(b"x1", OP_PING))
+    assert read_frame(peer) == (OP_PONG, b"x1")
+    with gevent.Timeout(2):
+        while not received:
+            gevent.sleep(0.01)
+    assert received == ["hello"]
+    peer.sendall(masked(struct.pack("!H", 1000), OP_CLOSE))
+    opcode, payload = read_frame(peer)
+    assert opcode == OP_CLOSE and close_code(payload) == 1000
+    reader.join(2)
+    assert reader.dead and client.closed
+
+
+@pytest.mark.parametrize("frame, code", [
+    (masked(b"x" * 2000), 1009),              # larger than max_message_bytes
+    (masked(b"\x00\x01", OP_BINARY), 1003),   # binary is not accepted
+    (masked(b"\xff\xfe", OP_TEXT), 1007),     # invalid UTF-8
+    (b"\x81\x02hi", 1002),                    # unmasked client frame
+    (masked(b"x", opcode=0x3), 1002),         # reserved opcode
+    (bytes([0xC1]) + masked(b"x")[1:], 1002),  # RSV1 without an extension
+])
+def test_misbehaving_peers_are_closed_with_the_right_code(pair, frame, code):
+    client, peer = pair
+    reader = serve(client, [])
+    peer.sendall(frame)
+    opcode, payload = read_frame(peer)
+    assert opcode == OP_CLOSE and close_code(payload) == code
+    reader.join(3)
+    assert reader.dead
+
+
+def test_a_peer_that_does_not_read_loses_old_batches_and_is_told(pair):
+    client, peer = pair
+    batch = encode_frame(b"b" * 8192)
+    for _ in range(200):  # 1.6 MB against a 64 KB bound plus kernel buffers
+        client.send(batch)
+    assert client.pending_bytes <= (64 << 10) + 8200
+    assert client.dropped > 0
+    dropped = client.dropped
+    frames = []
+    with gevent.Timeout(5):
+        while True:
+            frames.append(read_frame(peer))
+            if frames[-1][1].startswith(b'{"type":"dropped"'):
+                break
+    notice = orjson.loads(frames[-1][1])
+    assert notice == {"type": "dropped", "count": dropped}
+    assert len(frames) - 1 + dropped == 200  # every batch either arrived or was counted
