@@ -1,15 +1,13 @@
 """A real single-node Apache Kafka (KRaft) for integration tests and local runs.
 
 The broker runs from the Maven Central jars (``org.apache.kafka:kafka_2.13``),
-which Maven copies once into a cache folder::
-
-    $LOGGER_SERVICE_CACHE/kafka-<version>/libs   (default ~/.cache/logger-service)
-
-``python -m devstack.kafka fetch`` fills the cache ahead of time (CI);
+which Maven copies once into ``$LOGGER_SERVICE_CACHE/kafka-<version>/libs``
+(``LOGGER_SERVICE_CACHE`` defaults to ``~/.cache/logger-service``).
+``python -m devstack.kafka fetch`` prepares that folder ahead of time (CI);
 ``python -m devstack.kafka run`` starts a broker in the foreground.
 
 One JVM is broker and controller at once. It listens on 127.0.0.1 only, on
-three free ports that stay fixed for the broker's lifetime so ``restart()``
+three free ports that stay fixed for the object's lifetime, so ``restart()``
 comes back where clients expect it: PLAINTEXT (``bootstrap``), SASL_PLAINTEXT
 with PLAIN (``sasl_bootstrap``, user ``username``/``password``) and the
 controller. Topics are never auto-created: tests create what they use.
@@ -38,57 +36,88 @@ from devstack.ports import free_ports
 
 KAFKA_VERSION = "4.4.0"
 POM = Path(__file__).with_name("kafka-pom.xml")
-_COMPLETE = ".complete"  # written last, so a half-copied folder is never used
+_COMPLETE = ".complete"  # written last: a half-copied folder is never used
 
-# Short-lived JVMs (the storage tool) start faster with the C1 compiler alone.
-_TOOL_JVM = ["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+_SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id={node_id}
+controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}
+log.dirs={log_dirs}
+auto.create.topics.enable=false
+# One node: internal topics get one replica, and one partition, so the first
+# consumer group does not wait for 50 to be created.
+num.partitions=1
+default.replication.factor=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# A joining group must not wait 3 s for more members to turn up.
+group.initial.rebalance.delay.ms=0
+# 2 cores; the cleaner's 128 MB default buffer would be a third of the heap.
+num.network.threads=2
+num.io.threads=2
+num.recovery.threads.per.data.dir=1
+log.cleaner.dedupe.buffer.size=8388608
+# After a SIGKILL the restarted controller refuses the broker's new
+# registration (DUPLICATE_BROKER_REGISTRATION) until the old session
+# expires: 9 s by default, 2 s here.
+broker.heartbeat.interval.ms=500
+broker.session.timeout.ms=2000
+"""
 
 _LOG4J2 = """\
-# Everything goes to stdout, which the harness sends to <data dir>/server.log.
-status = warn
+# All to stdout, which the harness sends to <data dir>/server.log.
 appender.out.type = Console
 appender.out.name = OUT
 appender.out.layout.type = PatternLayout
 appender.out.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = info
 rootLogger.appenderRef.out.ref = OUT
-# Per-request and per-partition chatter drowns what matters when a test fails.
+# Config dumps and per-request chatter drown what matters when a test fails.
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = warn
 logger.request.name = kafka.request.logger
 logger.request.level = warn
 logger.state.name = state.change.logger
 logger.state.level = warn
-logger.cleaner.name = kafka.log.LogCleaner
-logger.cleaner.level = warn
-# Every client and server logs its full configuration, hundreds of lines each.
-logger.config.name = org.apache.kafka.common.config.AbstractConfig
-logger.config.level = warn
 """
 
 
 class KafkaHarnessError(RuntimeError):
-    """The broker could not be fetched, formatted, started or stopped."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LOGGER_SERVICE_CACHE") or Path.home() / ".cache" / "logger-service")
+    """The broker could not be fetched, formatted or started."""
 
 
 def ensure_kafka_jars(version: str = KAFKA_VERSION) -> Path:
     """Return the folder of broker jars, fetching them with Maven if needed."""
-    libs = cache_root() / f"kafka-{version}" / "libs"
+    root = Path(os.environ.get("LOGGER_SERVICE_CACHE") or Path.home() / ".cache" / "logger-service")
+    libs = root / f"kafka-{version}" / "libs"
     if _is_complete(libs):
         return libs
     libs.parent.mkdir(parents=True, exist_ok=True)
-    # Copy into a private folder and rename it into place, so two test
+    # Copy into a private folder, then rename it into place: two test
     # processes fetching at once never see each other's half-done work.
     staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
     cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-           f"-Dkafka.version={version}", "-DincludeScope=runtime",
-           f"-DoutputDirectory={staging}"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+           f"-Dkafka.version={version}", "-DincludeScope=runtime", f"-DoutputDirectory={staging}"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise KafkaHarnessError("Maven (mvn) is needed to fetch the Kafka jars") from exc
     if done.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise KafkaHarnessError(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}")
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared
     jars = sorted(p.name for p in staging.glob("*.jar"))
     (staging / _COMPLETE).write_text("\n".join(jars) + "\n")
     shutil.rmtree(libs, ignore_errors=True)
@@ -103,9 +132,7 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION) -> Path:
 
 def _is_complete(libs: Path) -> bool:
     marker = libs / _COMPLETE
-    if not marker.is_file():
-        return False
-    names = marker.read_text().split()
+    names = marker.read_text().split() if marker.is_file() else []
     return bool(names) and all((libs / n).is_file() for n in names)
 
 
@@ -115,35 +142,32 @@ def _java() -> str:
 
 
 def _class_archive(libs: Path) -> Path:
-    """Where the AppCDS archive of the broker's classes lives for this JVM.
+    """The AppCDS archive of the broker's classes for this JVM build.
 
     Loading Kafka's classes from a class-data-sharing archive halves start-up
-    (measured 3.1 s -> 1.6 s per start on 2 cores). The archive is only valid
-    for the JVM build that wrote it, hence the key. A stale or foreign archive
-    is not fatal: the JVM warns and loads classes the slow way.
+    (3.1 s -> 1.6 s on 2 cores). An archive only fits the JVM that wrote it,
+    hence the key; a stale one is not fatal, the JVM warns and loads classes
+    the slow way. It lives in libs/, so a re-fetch discards it (the ``libs/*``
+    class path matches jars only).
     """
-    java = Path(_java()).resolve() if Path(_java()).is_absolute() else Path(_java())
-    try:
-        stamp = f"{java}:{java.stat().st_mtime_ns}"
-    except OSError:
-        stamp = str(java)
-    return libs.parent / f"classes-{hashlib.sha1(stamp.encode()).hexdigest()[:12]}.jsa"
+    java = Path(_java()).resolve()
+    stamp = f"{java}:{java.stat().st_mtime_ns if java.exists() else 0}"
+    return libs / f"classes-{hashlib.sha1(stamp.encode()).hexdigest()[:12]}.jsa"
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM the broker when the test process dies.
+    """Run in the child before exec: SIGTERM the broker when its parent dies.
 
-    The broker runs in its own session (see start()), so without this a test
-    run killed by a timeout would leave an orphaned JVM holding its ports.
-    Linux only; elsewhere the broker just outlives a crashed parent.
+    The broker has its own session (see start()), so without this a test run
+    killed by a timeout would leave an orphaned JVM holding its ports.
     """
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _cluster_id() -> str:
-    # Kafka's Uuid: 16 random bytes, URL-safe base64 without padding. Kafka
-    # itself never hands out one that starts with "-" (it reads as an option).
+    # Kafka's Uuid: 16 random bytes, URL-safe base64 without padding; one
+    # starting with "-" would read as a command-line option.
     while True:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not cid.startswith("-"):
@@ -163,22 +187,19 @@ class KafkaBroker:
     node_id = 1
 
     def __init__(self, data_dir: Path | str | None = None, *, version: str = KAFKA_VERSION,
-                 username: str = "logger", password: str = "logger-secret",
-                 heap: str = "384m", config: Mapping[str, str] | None = None) -> None:
+                 username: str = "logger", password: str = "logger-secret", heap: str = "384m",
+                 config: Mapping[str, str] | None = None) -> None:
         self.version = version
         self.username = username
-        self.password = password
+        self.password = password  # goes into a JAAS string: no quotes or backslashes
         self.heap = heap
-        self.extra_config = dict(config or {})
+        self.extra_config = dict(config or {})  # server.properties overrides
         self._owns_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="kafka-"))
         self.port, self.sasl_port, self.controller_port = free_ports(3)
-        self.startup_seconds: float | None = None  # duration of the last start()
+        self.startup_seconds: float | None = None  # how long the last start() took
         self._proc: subprocess.Popen[bytes] | None = None
-        # (archive, file the JVM writes it to at exit) while one is being made
-        self._archive_dump: tuple[Path, Path] | None = None
-
-    # -- addresses and files -------------------------------------------------
+        self._archive_dump: tuple[Path, Path] | None = None  # (archive, file being written)
 
     @property
     def bootstrap(self) -> str:
@@ -204,30 +225,28 @@ class KafkaBroker:
                 "sasl_mechanism": "PLAIN", "sasl_plain_username": self.username,
                 "sasl_plain_password": self.password}
 
-    # -- lifecycle -------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> None:
-        """Format storage on first use, start the JVM, return once it serves."""
+        """Format storage on first use, start the JVM, return once it serves clients."""
         if self.running:
             return
         began = time.monotonic()
-        deadline = began + timeout
         libs = ensure_kafka_jars(self.version)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self._write_config()
         archive = _class_archive(libs)
         if archive.exists():
             cds = [f"-XX:SharedArchiveFile={archive}"]
-        else:  # the first broker's clean exit writes the archive for later ones
-            tmp = archive.with_name(f"{archive.name}.{os.getpid()}.{id(self)}.tmp")
+        else:  # this broker's clean exit writes the archive for the next ones
+            tmp = archive.with_name(f"{archive.name}.{os.getpid()}-{id(self)}.tmp")
             self._archive_dump = (archive, tmp)
             cds = [f"-XX:ArchiveClassesAtExit={tmp}"]
+        jvm = [_java(), f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+               "-XX:+UseSerialGC", "-cp", f"{libs}/*"]
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            self._format(libs, props, deadline, cds if archive.exists() else [])
-        cmd = [_java(), *cds, f"-Xmx{self.heap}", "-Xms64m", "-XX:+UseSerialGC",
-               "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-               f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-               "-cp", f"{libs}/*", "kafka.Kafka", str(props)]
+            self._format(jvm, archive, props, began + timeout)
+        cmd = [*jvm, *cds, f"-Xmx{self.heap}", "-Xms64m", "-XX:+ExitOnOutOfMemoryError",
+               "kafka.Kafka", str(props)]
         with open(self.log_path, "ab") as log:
             # Own session: a Ctrl-C meant for pytest must not kill the broker
             # before the fixture's orderly stop().
@@ -235,28 +254,28 @@ class KafkaBroker:
                                           stderr=subprocess.STDOUT, start_new_session=True,
                                           preexec_fn=_die_with_parent)
         try:
-            self._wait_ready(deadline)
+            self._wait_ready(began + timeout)
         except BaseException:
             self.stop(timeout=5)
             raise
         self.startup_seconds = time.monotonic() - began
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (Kafka's orderly shutdown), then SIGKILL after ``timeout``."""
+        """SIGTERM (Kafka's orderly shutdown), then SIGKILL after ``timeout`` seconds."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-            self._publish_archive(clean=True)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            self._publish_archive(clean=False)
+        clean = False
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+                clean = True
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._publish_archive(clean)
 
     def kill(self) -> None:
-        """SIGKILL, no shutdown: a crash, as far as the data dir can tell."""
+        """SIGKILL without shutdown: a crash, as far as the data dir can tell."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -264,7 +283,7 @@ class KafkaBroker:
         self._publish_archive(clean=False)
 
     def restart(self, timeout: float = 60.0) -> None:
-        """Stop and start again on the same ports with the same data."""
+        """Stop, and start again on the same ports with the same data."""
         self.stop()
         self.start(timeout)
 
@@ -281,7 +300,7 @@ class KafkaBroker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- clients and topics ----------------------------------------------------
+    # -- clients and topics ------------------------------------------------------
 
     def admin(self, **overrides: Any) -> KafkaAdminClient:
         return KafkaAdminClient(**{**self.client_config(), **overrides})
@@ -292,28 +311,25 @@ class KafkaBroker:
     def consumer(self, *topics: str, **overrides: Any) -> KafkaConsumer:
         return KafkaConsumer(*topics, **{**self.client_config(), **overrides})
 
-    def create_topic(self, name: str, partitions: int = 1,
-                     config: Mapping[str, str] | None = None) -> None:
+    def create_topic(self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None) -> None:
         """Create a topic and wait until every partition has a leader."""
         admin = self.admin()
         try:
             admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1,
-                                        "configs": dict(config or {})}},
-                                wait_for_metadata=True)
+                                        "configs": dict(config or {})}}, wait_for_metadata=True)
         finally:
             admin.close()
 
     def add_partitions(self, name: str, total: int) -> None:
-        """Grow a topic to ``total`` partitions and wait for their leaders."""
+        """Grow a topic to ``total`` partitions and wait until each has a leader."""
         admin = self.admin()
         try:
             admin.create_partitions({name: total})
+            # create_partitions returns before the new partitions have leaders.
             deadline = time.monotonic() + 10
-            # create_partitions returns before the new ones have leaders.
             while True:
-                (topic,) = admin.describe_topics([name])
-                parts = topic.get("partitions") or []
-                if len(parts) >= total and all(p.get("leader_id", -1) >= 0 for p in parts):
+                parts = admin.describe_topics([name])[0]["partitions"]
+                if len(parts) >= total and all(p["leader_id"] >= 0 for p in parts):
                     return
                 if time.monotonic() > deadline:
                     raise KafkaHarnessError(f"{name}: partitions not ready: {parts}")
@@ -321,77 +337,28 @@ class KafkaBroker:
         finally:
             admin.close()
 
-    # -- internals -------------------------------------------------------------
+    # -- internals ---------------------------------------------------------------
 
     def _write_config(self) -> Path:
-        jaas = (f'org.apache.kafka.common.security.plain.PlainLoginModule required '
+        jaas = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
                 f'user_{self.username}="{self.password}";')
-        settings = {
-            "process.roles": "broker,controller",
-            "node.id": str(self.node_id),
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
-            "listeners": (f"PLAINTEXT://127.0.0.1:{self.port},"
-                          f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port},"
-                          f"CONTROLLER://127.0.0.1:{self.controller_port}"),
-            "advertised.listeners": (f"PLAINTEXT://127.0.0.1:{self.port},"
-                                     f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"),
-            "listener.security.protocol.map": ("PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,"
-                                               "CONTROLLER:PLAINTEXT"),
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "sasl.enabled.mechanisms": "PLAIN",
-            "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
-            "log.dirs": str(self.data_dir / "logs"),
-            # One node: every internal topic has one replica, and few
-            # partitions, so the first consumer group does not wait for 50.
-            "num.partitions": "1",
-            "default.replication.factor": "1",
-            "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "transaction.state.log.num.partitions": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            # kafka-python's session timeout is 45 s; a joining group must not
-            # also wait the default 3 s for more members.
-            "group.initial.rebalance.delay.ms": "0",
-            # 2-core machine: fewer threads; the cleaner's 128 MB buffer would
-            # take a third of the heap.
-            "num.network.threads": "2",
-            "num.io.threads": "2",
-            "num.recovery.threads.per.data.dir": "1",
-            "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
-            # After a SIGKILL the restarted controller refuses the broker's new
-            # registration (DUPLICATE_BROKER_REGISTRATION) until the old
-            # session expires: 9 s by default, 2 s here.
-            "broker.heartbeat.interval.ms": "500",
-            "broker.session.timeout.ms": "2000",
-            **self.extra_config,
-        }
-        # Backslashes are escapes in .properties files (Windows-free paths here).
+        text = _SERVER_PROPERTIES.format(node_id=self.node_id, port=self.port, sasl_port=self.sasl_port,
+                                         controller_port=self.controller_port, jaas=jaas,
+                                         log_dirs=self.data_dir / "logs")
+        # Later keys win in a .properties file: overrides go last.
+        text += "".join(f"{k}={v}\n" for k, v in self.extra_config.items())
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
-        props.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        props.write_text(text)
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2)
         return props
 
-    def _publish_archive(self, *, clean: bool) -> None:
-        # The JVM writes the archive as it exits; a killed JVM leaves nothing
-        # or a torn file, so only a clean exit's file is moved into place.
-        if self._archive_dump is None:
-            return
-        (archive, tmp), self._archive_dump = self._archive_dump, None
-        if clean and tmp.is_file() and tmp.stat().st_size > 0:
-            os.replace(tmp, archive)
-        tmp.unlink(missing_ok=True)
-
-    def _format(self, libs: Path, props: Path, deadline: float, cds: list[str]) -> None:
-        # --standalone: this node alone forms the controller quorum (KIP-853
-        # dynamic quorum), as in Kafka's own quickstart.
-        cmd = [_java(), *cds, *_TOOL_JVM, f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-               "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", "--standalone",
-               "-t", _cluster_id(), "-c", str(props)]
+    def _format(self, jvm: list[str], archive: Path, props: Path, deadline: float) -> None:
+        # --standalone: this node alone is the controller quorum (KIP-853),
+        # as in Kafka's quickstart. A short-lived JVM starts faster on C1 alone.
+        cds = [f"-XX:SharedArchiveFile={archive}"] if archive.exists() else []
+        cmd = [*jvm, *cds, "-Xmx128m", "-XX:TieredStopAtLevel=1", "kafka.tools.StorageTool",
+               "format", "--standalone", "-t", _cluster_id(), "-c", str(props)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True,
                                   timeout=max(1.0, deadline - time.monotonic()))
@@ -401,43 +368,53 @@ class KafkaBroker:
             raise KafkaHarnessError(f"storage format failed:\n{done.stdout}{done.stderr}")
 
     def _wait_ready(self, deadline: float) -> None:
-        # The listener sockets are bound early but requests are only served
-        # once the broker is unfenced, so ask for real metadata, not a TCP accept.
+        # Ready means what clients need: a metadata answer listing this broker.
+        # (Kafka opens the client ports only once the broker is unfenced.)
         last: Exception | None = None
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 raise KafkaHarnessError(f"Kafka exited with {self._proc.returncode}; "
                                         f"{self.log_path}:\n{_tail(self.log_path)}")
-            try:
+            try:  # kafka-python retries connecting inside bootstrap_timeout_ms
                 admin = self.admin(request_timeout_ms=2000, bootstrap_timeout_ms=2000,
                                    reconnect_backoff_max_ms=200)
-            except Exception as exc:  # NoBrokersAvailable while the JVM boots
-                last = exc
-                time.sleep(0.1)
-                continue
-            try:
-                if admin.describe_cluster().get("brokers"):
-                    return
+                try:
+                    if admin.describe_cluster().get("brokers"):
+                        return
+                finally:
+                    admin.close()
             except Exception as exc:
                 last = exc
-            finally:
-                admin.close()
             time.sleep(0.1)
         raise KafkaHarnessError(f"Kafka not ready on {self.bootstrap} (last error: {last}); "
                                 f"{self.log_path}:\n{_tail(self.log_path)}")
 
+    def _publish_archive(self, clean: bool) -> None:
+        # The JVM writes the class archive as it exits; a killed JVM leaves
+        # none or a torn one, so only a clean exit's file is moved into place.
+        if self._archive_dump is None:
+            return
+        (archive, tmp), self._archive_dump = self._archive_dump, None
+        if clean and tmp.is_file() and tmp.stat().st_size > 0:
+            os.replace(tmp, archive)
+        tmp.unlink(missing_ok=True)
+
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["fetch"]:
-        print(ensure_kafka_jars())
+        libs = ensure_kafka_jars()
+        if not _class_archive(libs).exists():
+            with KafkaBroker():  # one clean start and stop writes the class archive
+                pass
+        print(libs)
         return 0
     if argv[:1] == ["run"]:
         with KafkaBroker() as broker:
             print(f"Kafka {broker.version} up in {broker.startup_seconds:.1f}s: "
                   f"PLAINTEXT {broker.bootstrap}, SASL_PLAINTEXT {broker.sasl_bootstrap} "
                   f"({broker.username}/{broker.password}); log {broker.log_path}", flush=True)
-            # Blocked only now: the JVM inherits the signal mask of its parent.
+            # Blocked only now: the JVM inherits its parent's signal mask.
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0

@@ -62,17 +62,59 @@ def consumer_config(settings: Settings, role: str) -> dict[str, Any]:
     return config
 
 
+class _KafkaClientLog(logging.Handler):
+    """Remembers why kafka-python's last connection attempt failed.
+
+    kafka-python 3 retries bootstrap internally and then raises only
+    ``KafkaTimeoutError("Unable to bootstrap ...")``; *why* (connection refused,
+    SASL authentication failed, TLS handshake) is only logged. We keep the
+    last such reason to turn the timeout into a message an operator can act on.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reason = ""
+        # A refused login often surfaces next as a bare "socket disconnected"
+        # (the broker hangs up after answering), so an authentication or TLS
+        # failure is kept apart and outranks later, vaguer reasons.
+        self.security_reason = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a log handler must never raise
+            return
+        lowered = message.lower()
+        if "authentication failed" in lowered or "certificate" in lowered or "ssl" in lowered:
+            self.security_reason = message
+        # Summaries ("Bootstrap failed", "not ready") would hide the cause.
+        elif "failed" in lowered and not message.startswith("Bootstrap failed"):
+            self.reason = message
+
+    def clear(self) -> None:
+        self.reason = self.security_reason = ""
+
+
+_client_log = _KafkaClientLog()
+logging.getLogger("kafka").addHandler(_client_log)
+
+
 def describe_kafka_error(exc: BaseException, settings: Settings) -> str:
     """One line an operator can act on; never includes the secret."""
     brokers = ",".join(settings.kafka_brokers)
-    if isinstance(exc, kafka_errors.SaslAuthenticationFailedError) or "authentication" in str(exc).lower():
+    cause = _client_log.security_reason or _client_log.reason
+    reason = f"{exc} {cause}".lower()
+    if isinstance(exc, kafka_errors.SaslAuthenticationFailedError) or "authentication" in reason:
         return (f"Kafka authentication failed at {brokers} for API key {settings.kafka_api_key!r} "
                 f"({settings.kafka_sasl_mechanism}): check KAFKA_API_KEY and KAFKA_API_SECRET")
     if isinstance(exc, kafka_errors.AuthorizationError):
         return f"Kafka refused access ({type(exc).__name__}) for topic {settings.kafka_topic!r}"
-    if isinstance(exc, kafka_errors.NoBrokersAvailable):
-        return (f"no Kafka broker reachable at {brokers} over {settings.kafka_security_protocol} "
-                "(check KAFKA_BROKER_URL and KAFKA_SECURITY_PROTOCOL)")
+    if "certificate" in reason or "ssl" in reason:
+        return (f"TLS to Kafka at {brokers} failed ({cause or exc}): "
+                "check KAFKA_SSL_CA_FILE and KAFKA_SECURITY_PROTOCOL")
+    if isinstance(exc, kafka_errors.KafkaTimeoutError) and "bootstrap" in str(exc).lower():
+        return (f"no Kafka broker reachable at {brokers} over {settings.kafka_security_protocol}"
+                f"{' (' + cause + ')' if cause else ''}: check KAFKA_BROKER_URL")
     if isinstance(exc, _TopicMissing):
         return str(exc)
     return f"Kafka error: {type(exc).__name__}: {exc}"
@@ -97,8 +139,8 @@ class _Reader:
         while not stop.is_set():
             consumer: KafkaConsumer | None = None
             try:
-                self.status.set(STARTING)
                 consumer = self._open()
+                _client_log.clear()
                 backoff.reset()
                 self._consume(consumer, stop)
             except Exception as exc:  # noqa: BLE001 - a reader must outlive any error

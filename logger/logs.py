@@ -21,5 +21,8 @@ def configure_logging(level: str = "info") -> None:
     package.setLevel(level.upper())
     package.propagate = False
     # kafka-python logs every reconnect attempt at ERROR/WARNING; our readers
-    # report the same condition once, with a clear message, in /health and here.
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    # report the same condition once, with a clear message, in /health and here
+    # (kafka_source keeps the last of kafka-python's lines to build that message).
+    kafka = logging.getLogger("kafka")
+    kafka.setLevel(logging.WARNING)
+    kafka.propagate = False

@@ -1,0 +1,137 @@
+"""The service as a process: security, CORS and Origin checks, bad settings, shutdown."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+import websocket
+
+from devstack.service import ROOT, ServiceProcess
+from tests.conftest import produce, readers_ok
+
+
+def sasl_env(kafka, secret: str) -> dict[str, str]:
+    return {"KAFKA_BROKER_URL": kafka.sasl_bootstrap, "KAFKA_API_KEY": kafka.username,
+            "KAFKA_API_SECRET": secret, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}
+
+
+def test_sasl_plain_with_the_right_secret_streams(kafka, topic, service, ws_client):
+    name = topic(1)
+    proc = service(name, **sasl_env(kafka, kafka.password))
+    client = ws_client(proc.ws_url)
+    produce(kafka, name, [b'{"message": "over SASL"}'])
+    assert client.wait_records(1)[0]["message"] == "over SASL"
+
+
+def test_a_wrong_secret_is_reported_clearly_and_the_process_keeps_running(kafka, topic, service):
+    name = topic(1)
+    wrong = "definitely-not-the-secret"
+    proc = service(name, wait_ready=False, **sasl_env(kafka, wrong))
+    proc.launch()
+
+    def reported():
+        health = proc.health()
+        return health if health and "authentication failed" in health["kafka"]["tail"].get("error", "") else None
+    health = proc.wait_until(reported, 40, "an authentication error in /health")
+    assert health["status"] == "degraded"
+    assert "KAFKA_API_SECRET" in health["kafka"]["tail"]["error"]
+    proc.wait_until(lambda: "authentication failed" in proc.log_text(), 10, "the error in the log")
+    time.sleep(1)  # still alive a moment later, serving HTTP
+    assert proc.proc.poll() is None and proc.health() is not None
+    log = proc.log_text()
+    assert wrong not in log and wrong not in json.dumps(health), "the secret must never be logged"
+    assert "Traceback" not in log
+
+
+def test_cors_and_the_websocket_origin_check(kafka, topic, service):
+    proc = service(topic(1), FRONTEND_ADMIN_URL="https://admin.example.com")
+    allowed = requests.get(proc.url + "/health", headers={"Origin": "https://admin.example.com"}, timeout=5)
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://admin.example.com"
+    preflight = requests.options(proc.url + "/health", timeout=5, headers={
+        "Origin": "http://localhost:3001", "Access-Control-Request-Method": "GET"})
+    assert preflight.headers["Access-Control-Allow-Origin"] == "http://localhost:3001"
+    foreign = requests.get(proc.url + "/", headers={"Origin": "https://evil.example.com"}, timeout=5)
+    assert foreign.status_code == 200 and "Access-Control-Allow-Origin" not in foreign.headers
+
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(proc.ws_url, origin="https://evil.example.com", timeout=5)
+    assert refused.value.status_code == 403
+    for origin in ("https://admin.example.com", None):  # a listed page, and wscat (no Origin)
+        options = {"origin": origin} if origin else {"suppress_origin": True}
+        ws = websocket.create_connection(proc.ws_url, timeout=5, **options)
+        assert json.loads(ws.recv())["type"] == "hello"
+        ws.close()
+
+
+def test_other_routes_are_not_upgraded(kafka, topic, service):
+    proc = service(topic(1))
+    assert requests.get(proc.url + "/ws", timeout=5).status_code == 426
+    with pytest.raises(websocket.WebSocketBadStatusException) as caught:
+        websocket.create_connection(proc.url.replace("http", "ws") + "/health", timeout=5, suppress_origin=True)
+    # Answered by Flask as plain HTTP (Werkzeug refuses a WebSocket request on an HTTP route).
+    assert caught.value.status_code == 400
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"PORT": "abc"}, "PORT"),
+    ({"KAFKA_API_KEY": "key-only"}, "KAFKA_API_SECRET"),
+    ({"OTLP_ENDPOINT": "not a url"}, "OTLP_ENDPOINT"),
+])
+def test_a_bad_setting_stops_start_up_with_one_line(env, variable):
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                            cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("logger-service: configuration error: ") and variable in lines[0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_while_records_flow_loses_nothing(kafka, topic, service, ws_client, receiver, run_id, sig):
+    name = topic(2)
+    group = f"group-{run_id}"
+    proc = service(name, group=group, FORWARD_BATCH_INTERVAL_MS="300")
+    clients = [ws_client(proc.ws_url) for _ in range(3)]
+    produced: list[int] = []
+    stop_producing = threading.Event()
+
+    def producer() -> None:
+        producer = kafka.producer(linger_ms=2)
+        seq = 0
+        while not stop_producing.is_set() and seq < 20_000:
+            producer.send(name, json.dumps({"run": run_id, "seq": seq, "message": f"m{seq}"}).encode(),
+                          partition=seq % 2).get(timeout=10)
+            produced.append(seq)
+            seq += 1
+        producer.close()
+    thread = threading.Thread(target=producer)
+    thread.start()
+    try:
+        clients[0].wait_records(50)
+        signalled = time.monotonic()
+        proc.signal(sig)
+        code = proc.wait(timeout=20)
+        elapsed = time.monotonic() - signalled
+    finally:
+        stop_producing.set()
+        thread.join(30)
+    assert code == 0, proc.log_tail()
+    assert elapsed < 15, f"shutdown took {elapsed:.1f}s"
+    for client in clients:
+        assert client.wait_closed(5) == 1001
+
+    # Whatever the first instance did not export is re-delivered by the next one.
+    matching = lambda r: r["attributes"].get("run") == run_id  # noqa: E731
+    service(name, group=group)
+    exported = receiver.wait_for_matching(matching, len(produced), timeout=30)
+    seqs = [r["attributes"]["seq"] for r in exported]
+    assert set(produced) <= set(seqs), "every produced record reached the collector"
+    assert len(seqs) == len(set(seqs)), "and none twice: exported offsets were committed before exit"
