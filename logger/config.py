@@ -42,6 +42,7 @@ class Settings:
     kafka_topic: str = "logs"
     kafka_group_id: str = "log-events-group"
     kafka_auto_offset_reset: str = "earliest"
+    partition_refresh_s: float = 10.0
     otlp_endpoint: str = DEFAULT_OTLP_ENDPOINT
     default_service_name: str = "unknown_service"
     cors_origins: tuple[str, ...] = (
@@ -92,6 +93,7 @@ class Settings:
                                   "1-249 characters of letters, digits, '.', '_' or '-'"),
             kafka_group_id=env.text("KAFKA_GROUP_ID") or "log-events-group",
             kafka_auto_offset_reset=env.choice("KAFKA_AUTO_OFFSET_RESET", OFFSET_RESETS, "earliest"),
+            partition_refresh_s=env.integer("KAFKA_PARTITION_REFRESH_MS", 10_000, 100, 3_600_000) / 1000,
             otlp_endpoint=_otlp_endpoint(env),
             default_service_name=env.text("OTEL_SERVICE_NAME") or "unknown_service",
             cors_origins=tuple(

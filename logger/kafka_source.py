@@ -40,8 +40,6 @@ from logger.status import DEGRADED, OK, STARTING, STOPPED, ComponentStatus
 
 log = logging.getLogger(__name__)
 
-PARTITION_REFRESH_S = 10.0
-
 
 def consumer_config(settings: Settings, role: str) -> dict[str, Any]:
     """kafka-python settings shared by both readers: brokers and security."""
@@ -199,12 +197,12 @@ class TailReader(_Reader):
 
     role = "tail"
 
-    def __init__(self, settings: Settings, status: ComponentStatus, publish: Callable[[list[LogRecord]], Any],
-                 partition_refresh_s: float = PARTITION_REFRESH_S) -> None:
+    def __init__(self, settings: Settings, status: ComponentStatus,
+                 publish: Callable[[list[LogRecord]], Any]) -> None:
         super().__init__(settings, status, Batcher(settings.tail_batch_size, settings.tail_batch_interval_s,
                                                    settings.batch_max_bytes))
         self.publish = publish
-        self.partition_refresh_s = partition_refresh_s
+        self.partition_refresh_s = settings.partition_refresh_s
         self._next_refresh = 0.0
 
     def _open(self) -> KafkaConsumer:

@@ -150,3 +150,14 @@ def _committed(kafka, group: str, topic_name: str, partitions: int) -> dict[int,
         return {p: consumer.committed(TopicPartition(topic_name, p)) for p in range(partitions)}
     finally:
         consumer.close(autocommit=False)
+
+
+def test_the_tail_picks_up_partitions_added_later(kafka, topic, service, ws_client, run_id):
+    name = topic(1)
+    proc = service(name, KAFKA_PARTITION_REFRESH_MS="500")
+    client = ws_client(proc.ws_url)
+    kafka.add_partitions(name, 3)
+    proc.wait_until(lambda: proc.health()["kafka"]["tail"].get("partitions") == 3, 20, "3 partitions")
+    produce(kafka, name, log_values(run_id, 9), partition_of=lambda i: i % 3)
+    records = client.wait_records(9, where=of_run(run_id))
+    assert {r["partition"] for r in records} == {0, 1, 2}
