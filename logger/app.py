@@ -78,6 +78,7 @@ class WebSocketRoute:
         settings = self.service.settings
         client = WebSocketClient(handler.socket, handler.rfile, environ.get("REMOTE_ADDR", ""),
                                  max_pending=settings.client_buffer_bytes,
-                                 max_message_bytes=settings.max_message_bytes)
+                                 max_message_bytes=settings.max_message_bytes,
+                                 stall_timeout_s=settings.client_stall_timeout_s)
         self.service.hub.serve(client)
         return []

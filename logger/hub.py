@@ -124,21 +124,29 @@ class Hub:
     # -- keepalive and shutdown -----------------------------------------------------
 
     def keepalive(self, stop: Event) -> None:
-        """Ping every client each interval; close those silent for two intervals.
+        """Ping every client each interval; close those silent for two intervals,
+        and those whose backlog has not moved for the stall timeout.
 
         nginx closes a proxied connection idle for ``proxy_read_timeout`` (60 s by
         default); the default interval (25 s) keeps a quiet tail alive through it.
         """
         interval = self.settings.ping_interval_s
         ping = encode_frame(b"", OP_PING)
-        while not stop.wait(interval):
-            silent_since = time.monotonic() - 2 * interval
+        next_ping = time.monotonic() + interval
+        while not stop.wait(min(interval, 1.0)):
+            now = time.monotonic()
+            pinging = now >= next_ping
+            if pinging:
+                next_ping = now + interval
+            silent_since = now - 2 * interval
             for client in tuple(self._clients):
                 if client.last_seen < silent_since:
                     self.counters["closed_unresponsive"] += 1
                     client.close(INTERNAL_ERROR, "keepalive ping timeout")
-                else:
+                elif pinging:
                     client.send(ping, droppable=False)
+                else:
+                    client.check_stall()
 
     def close_all(self, timeout: float, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
         """Refuse new clients, send every client a close frame, wait for them to go."""

@@ -71,10 +71,10 @@ class WebSocketClient:
     # __slots__ keeps an idle connection small: 10,000 of them is the design point.
     __slots__ = ("sock", "_raw", "_rfile", "address", "max_pending", "max_message_bytes",
                  "_pending", "_pending_bytes", "_writer", "dropped", "closing", "closed",
-                 "last_seen", "backlogged_since", "stall_timeout_s", "__weakref__")
+                 "last_seen", "last_progress", "stall_timeout_s", "__weakref__")
 
     def __init__(self, sock: socket.socket, rfile: Any, address: str = "", *, max_pending: int = 4 << 20,
-                 max_message_bytes: int = 64 << 10, stall_timeout_s: float = 60.0) -> None:
+                 max_message_bytes: int = 64 << 10, stall_timeout_s: float = 30.0) -> None:
         self.sock = sock
         # gevent's socket wraps a real non-blocking socket; sending on that one
         # directly is the cheap path: it either takes bytes or raises BlockingIOError.
@@ -91,7 +91,7 @@ class WebSocketClient:
         self.closing = False
         self.closed = False
         self.last_seen = time.monotonic()
-        self.backlogged_since = 0.0
+        self.last_progress = 0.0  # when the writer last finished a frame (while backlogged)
 
     # -- writing: called by the hub, never blocks ------------------------------------
 
@@ -107,6 +107,7 @@ class WebSocketClient:
             self._pending.append((frame, droppable))
             self._pending_bytes += len(frame)
             self._enforce_bound()
+            self.check_stall()
             return
         try:
             sent = self._raw.send(frame)
@@ -119,7 +120,7 @@ class WebSocketClient:
             # The head frame is partly on the wire: it must finish, so it is not droppable.
             self._pending = deque([(memoryview(frame)[sent:], False)])
             self._pending_bytes = len(frame) - sent
-            self.backlogged_since = time.monotonic()
+            self.last_progress = time.monotonic()
             self._writer = gevent.spawn(self._drain)
 
     def _enforce_bound(self) -> None:
@@ -136,8 +137,22 @@ class WebSocketClient:
             else:
                 kept.append((frame, droppable))
         self._pending = kept
-        if time.monotonic() - self.backlogged_since > self.stall_timeout_s:
-            self.close(POLICY_VIOLATION, "client too slow")
+
+    def check_stall(self) -> None:
+        """Give up on a backlogged peer that has taken nothing for ``stall_timeout_s``."""
+        if self._pending and not self.closing and time.monotonic() - self.last_progress > self.stall_timeout_s:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        """The peer has taken nothing for ``stall_timeout_s``: drop what is queued,
+        leave a 1008 close frame behind the partly sent one, and hang up soon."""
+        assert self._pending is not None
+        head = self._pending.popleft()
+        goodbye = close_frame(POLICY_VIOLATION, "client too slow")
+        self._pending = deque([head, (goodbye, False)])
+        self._pending_bytes = len(head[0]) + len(goodbye)
+        self.closing = True
+        gevent.spawn_later(CLOSE_WAIT_S, self.abort)
 
     def _drain(self) -> None:
         """The writer greenlet of a backlogged client: write until the queue is empty."""
@@ -147,6 +162,7 @@ class WebSocketClient:
                 self.sock.sendall(frame)
                 self._pending.popleft()
                 self._pending_bytes -= len(frame)
+                self.last_progress = time.monotonic()
                 if not self._pending and self.dropped and not self.closing:
                     notice = encode_message({"type": "dropped", "count": self.dropped})
                     self.dropped = 0
@@ -200,10 +216,21 @@ class WebSocketClient:
         except ProtocolViolation as exc:
             log.info("closing WebSocket %s: %s (%d)", self.address, exc.reason, exc.code)
             self.close(exc.code, exc.reason)
+            self._discard_input()
         except (OSError, EOFError):
             pass
         finally:
             self.closed = True
+
+    def _discard_input(self) -> None:
+        """Read and drop what the peer still sends until it hangs up (or the close
+        timeout aborts us): closing a socket with unread input makes the kernel send
+        a reset, and the peer would lose our close frame and its code."""
+        try:
+            while self._rfile.read1(1 << 16):
+                pass
+        except (OSError, ValueError):
+            pass
 
     def _read_message(self) -> tuple[int, bytes]:
         """Next text/binary/close message; pings and pongs are handled on the way."""

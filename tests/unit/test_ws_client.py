@@ -109,6 +109,7 @@ def test_misbehaving_peers_are_closed_with_the_right_code(pair, frame, code):
     peer.sendall(frame)
     opcode, payload = read_frame(peer)
     assert opcode == OP_CLOSE and close_code(payload) == code
+    peer.close()  # the server drains our input until we hang up
     reader.join(3)
     assert reader.dead
 
@@ -130,3 +131,24 @@ def test_a_peer_that_does_not_read_loses_old_batches_and_is_told(pair):
     notice = orjson.loads(frames[-1][1])
     assert notice == {"type": "dropped", "count": dropped}
     assert len(frames) - 1 + dropped == 200  # every batch either arrived or was counted
+
+
+def test_a_peer_that_takes_nothing_for_too_long_is_closed_with_1008():
+    server, peer = socket.socketpair()
+    client = WebSocketClient(server, server.makefile("rb"), "stuck", max_pending=64 << 10, stall_timeout_s=0.2)
+    batch = encode_frame(b"s" * 8192)
+    for _ in range(100):
+        client.send(batch)
+    gevent.sleep(0.3)
+    client.send(batch)  # the next batch finds it stuck past the timeout
+    assert client.closing
+    codes = []
+    with gevent.Timeout(5):
+        while True:
+            opcode, payload = read_frame(peer)
+            if opcode == OP_CLOSE:
+                codes.append(close_code(payload))
+                break
+    assert codes == [1008]
+    server.close()
+    peer.close()

@@ -1,0 +1,655 @@
+"""The fan-out benchmark suite (issue #3): logger-service against an asyncio ``websockets`` peer.
+
+    python -m bench.fanout [--quick] [--only NAME ...] [--repeat N] [--json PATH]
+
+One run starts a real Kafka broker (``devstack.kafka.KafkaBroker``), then for each
+scenario the service under real Gunicorn (``devstack.service.ServiceProcess``, one
+worker, ``FORWARD_ENABLED=false`` for the hub scenarios) and the peer
+(``bench.peer``), one at a time, each fed from the same topic and driven by the
+same load-client process (``bench.clients``). Scenarios:
+
+1. ``idle``       -- RSS of the serving process with 1k/5k/10k idle clients, minus RSS at 0 → KB per connection;
+2. ``throughput`` -- 1k and 10k clients, ~8 KB batches (10 records of ~800 B) produced faster than
+   either server can fan out: deliveries/s and the server's CPU%;
+3. ``latency``    -- 2,000 records/s, 1k clients: produce → receive latency p50/p99;
+4. ``stalled``    -- 1k clients, then 10 more that never read: the others' rate and latency, and RSS growth;
+5. ``startup``    -- launch → first 200 from ``GET /health``, median of 5;
+6. ``forward``    -- records/s from Kafka through a real Rotel collector, against the stock
+   OpenTelemetry logging path (``bench.forward``).
+
+Prints a table (metric | ours | peer | ratio; with ``--repeat`` the median of the
+runs) and writes every raw number, the machine and the command to ``--json``.
+Everything binds to 127.0.0.1; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import forward
+from bench.procstat import CpuMeter, make_record, raise_nofile, rss_kb, wait_rss_stable
+from devstack.kafka import KafkaBroker
+from devstack.ports import free_port
+from devstack.service import ServiceProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("idle", "throughput", "latency", "stalled", "startup", "forward")
+
+
+@dataclass
+class Sizes:
+    """How big each scenario is: the full run, or ``--quick``."""
+
+    idle_levels: tuple[int, ...] = (1_000, 5_000, 10_000)
+    throughput_clients: tuple[int, ...] = (1_000, 10_000)
+    # Offered load, records/s (batches of 10 ≈ 8 KB): above what either server sustains,
+    # so the measured rate is the server's (Kafka holds the backlog).
+    throughput_rate: dict[int, int] = field(default_factory=lambda: {1_000: 2_000, 10_000: 400})
+    throughput_seconds: float = 10.0
+    latency_clients: int = 1_000
+    latency_rate: int = 2_000
+    latency_seconds: float = 10.0
+    stalled_clients: int = 1_000
+    stalled_extra: int = 10
+    stalled_rate: int = 2_000
+    stalled_baseline_seconds: float = 10.0
+    stalled_seconds: float = 30.0
+    startup_launches: int = 5
+    forward_records: int = 200_000
+    warmup_seconds: float = 3.0
+
+
+QUICK = Sizes(idle_levels=(100, 300), throughput_clients=(200,), throughput_rate={200: 2_000},
+              throughput_seconds=3.0, latency_clients=200, latency_seconds=3.0, stalled_clients=200,
+              stalled_extra=5, stalled_baseline_seconds=3.0, stalled_seconds=6.0, startup_launches=2,
+              forward_records=20_000, warmup_seconds=1.5)
+
+THROUGHPUT_RECORD_BYTES = 800  # 10 of them per batch: ≈ 8 KB messages
+LATENCY_RECORD_BYTES = 300
+
+
+# -- the load-client process ------------------------------------------------------------------
+
+class Clients:
+    """``bench.clients`` in a subprocess, driven line by line."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.stderr = open(log_dir / "clients.stderr.log", "ab")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.clients"], cwd=ROOT, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1)
+        self.ready = self._read(30)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"load clients did not answer within {timeout}s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"load clients exited with {self.proc.poll()}")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"load clients: {reply.get('error')}\n{reply.get('trace', '')}")
+        return reply
+
+    def call(self, cmd: str, timeout: float = 180.0, **args: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
+        self.proc.stdin.flush()
+        return self._read(timeout)
+
+    def connect(self, port: int, n: int, **args: Any) -> dict[str, Any]:
+        reply = self.call("connect", port=port, n=n, **args)
+        if reply["connected"] < n:
+            print(f"    ! only {reply['connected']}/{n} clients connected: {reply['errors']}", flush=True)
+        return reply
+
+    def close(self) -> None:
+        try:
+            self.call("quit", timeout=30)
+        except Exception:  # noqa: BLE001 - it is going away anyway
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr.close()
+
+
+# -- the two servers ----------------------------------------------------------------------------
+
+def _get_json(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError, OSError):
+        return None
+
+
+class Ours:
+    """logger-service under Gunicorn, one worker, tail path only."""
+
+    name = "ours"
+
+    def __init__(self, ctx: Context, batch_size: int = 500, batch_interval_ms: int = 50) -> None:
+        self.svc = ServiceProcess({"KAFKA_BROKER_URL": ctx.kafka.bootstrap, "KAFKA_TOPIC": ctx.topic,
+                                   "FORWARD_ENABLED": "false", "TAIL_BATCH_SIZE": str(batch_size),
+                                   "TAIL_BATCH_INTERVAL_MS": str(batch_interval_ms), "ACCESS_LOG": "false"},
+                                  workers=1, log_dir=ctx.log_dir)
+        self.pid = 0
+
+    @property
+    def port(self) -> int:
+        return self.svc.port
+
+    def launch(self) -> None:
+        self.svc.launch()
+
+    def health(self) -> dict[str, Any] | None:
+        return self.svc.health()
+
+    def start(self) -> Ours:
+        self.svc.start(timeout=60, ready=lambda h: h["kafka"]["tail"]["state"] == "ok")
+        health = self.svc.health()
+        assert health is not None
+        self.pid = health["worker"]  # the Gunicorn worker, not the master
+        return self
+
+    def stop(self) -> None:
+        self.svc.stop(timeout=30)
+
+
+class Peer:
+    """``bench.peer``: asyncio websockets + kafka-python."""
+
+    name = "peer"
+
+    def __init__(self, ctx: Context, batch_size: int = 500, batch_interval_ms: int = 50) -> None:
+        self.port = free_port()
+        self.cmd = [sys.executable, "-m", "bench.peer", "--port", str(self.port), "--brokers", ctx.kafka.bootstrap,
+                    "--topic", ctx.topic, "--batch-size", str(batch_size),
+                    "--batch-interval-ms", str(batch_interval_ms)]
+        self.log_path = ctx.log_dir / f"peer-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+
+    def launch(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self.pid = self.proc.pid
+
+    def health(self) -> dict[str, Any] | None:
+        return _get_json(f"http://127.0.0.1:{self.port}/health")
+
+    def start(self) -> Peer:
+        self.launch()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"peer exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+            health = self.health()
+            if health and health["kafka"]["tail"]["state"] == "ok":
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"peer not ready: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+Server = Ours | Peer
+
+
+# -- load --------------------------------------------------------------------------------------
+
+class Producer:
+    """Produces records at a steady rate from a thread until stopped (or ``max_seconds``)."""
+
+    def __init__(self, ctx: Context, rate: int, record_bytes: int, max_seconds: float = 600.0) -> None:
+        self.producer = ctx.kafka.producer(linger_ms=2, acks=1)
+        self.topic = ctx.topic
+        self.rate = rate
+        self.record_bytes = record_bytes
+        self.max_seconds = max_seconds
+        self.sent = 0
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="producer", daemon=True)
+
+    def __enter__(self) -> Producer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.producer.flush(timeout=30)
+        self.producer.close(timeout=10)
+
+    def _run(self) -> None:
+        began = time.monotonic()
+        step = max(self.rate // 200, 1)  # at most ~5 ms of records per send burst
+        while not self._stop.is_set():
+            elapsed = time.monotonic() - began
+            if elapsed > self.max_seconds:
+                break
+            due = min(int(elapsed * self.rate), self.sent + step)
+            if due <= self.sent:
+                self._stop.wait(0.002)
+                continue
+            for seq in range(self.sent, due):
+                self.producer.send(self.topic, make_record(seq, self.record_bytes))
+            self.sent = due
+        self.seconds = time.monotonic() - began
+
+    @property
+    def achieved_rate(self) -> float:
+        elapsed = self.seconds or 1e-9
+        return self.sent / elapsed
+
+
+@dataclass
+class Context:
+    kafka: KafkaBroker
+    topic: str
+    clients: Clients
+    log_dir: Path
+    sizes: Sizes
+    order: tuple[str, ...] = ("ours", "peer")
+
+    def server(self, side: str, **kwargs: Any) -> Server:
+        return Ours(self, **kwargs) if side == "ours" else Peer(self, **kwargs)
+
+
+def _settle(pid: int, timeout: float = 60.0) -> dict[str, Any]:
+    rss = rss_kb(pid)
+    return wait_rss_stable(pid, tolerance_kb=max(256, rss // 200), timeout=timeout)
+
+
+def _say(text: str) -> None:
+    print(f"  {text}", flush=True)
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+Row = dict[str, Any]
+
+
+def row(metric: str, ours: float | None, peer: float | None, unit: str = "", better: str = "") -> Row:
+    return {"metric": metric, "ours": ours, "peer": peer, "unit": unit, "better": better}
+
+
+def scenario_idle(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
+    raw: dict[str, Any] = {}
+    for side in ctx.order:
+        srv = ctx.server(side).start()
+        try:
+            base = _settle(srv.pid)
+            levels = []
+            current = 0
+            for n in ctx.sizes.idle_levels:
+                conn = ctx.clients.connect(srv.port, n - current, group="idle", concurrency=256)
+                current = n
+                settled = _settle(srv.pid)
+                health = srv.health() or {}
+                connected = ctx.clients.call("stats")["idle"]["open"]
+                levels.append({"clients": n, "connected": connected, "server_clients": health.get("clients"),
+                               "connect_seconds": conn["seconds"], "connect_errors": conn["errors"],
+                               **settled, "kb_per_client": round((settled["rss_kb"] - base["rss_kb"]) / n, 2)})
+                _say(f"{side}: {n} idle clients: RSS {settled['rss_kb'] / 1024:.1f} MiB, "
+                     f"{levels[-1]['kb_per_client']} KB/client (settled={settled['settled']})")
+            raw[side] = {"pid": srv.pid, "rss_0_kb": base["rss_kb"], "levels": levels}
+        finally:
+            ctx.clients.call("close")
+            srv.stop()
+    rows = [row("idle RSS, 0 clients", raw["ours"]["rss_0_kb"] / 1024, raw["peer"]["rss_0_kb"] / 1024,
+                "MiB", "lower")]
+    for i, n in enumerate(ctx.sizes.idle_levels):
+        o, p = raw["ours"]["levels"][i], raw["peer"]["levels"][i]
+        rows.append(row(f"idle RSS, {n:,} clients", o["rss_kb"] / 1024, p["rss_kb"] / 1024, "MiB", "lower"))
+        rows.append(row(f"idle KB per client @ {n:,}", o["kb_per_client"], p["kb_per_client"], "KB", "lower"))
+    return raw, rows
+
+
+def _measure(ctx: Context, srv: Server, seconds: float, group: str = "normal") -> dict[str, Any]:
+    """Counters of the clients and CPU of the server, client process and broker over ``seconds``."""
+    meters = {"server": CpuMeter(srv.pid), "clients": CpuMeter(ctx.clients.pid)}
+    broker_pid = ctx.kafka._proc.pid if ctx.kafka._proc else None  # noqa: SLF001 - read-only use
+    if broker_pid:
+        meters["broker"] = CpuMeter(broker_pid)
+    ctx.clients.call("stats", reset=True)
+    for m in meters.values():
+        m.start()
+    rss0 = rss_kb(srv.pid)
+    time.sleep(seconds)
+    stats = ctx.clients.call("stats", reset=True)
+    cpu = {name: m.stop() for name, m in meters.items()}
+    g = stats[group]
+    window = g["now"] - g["since"]
+    out = {"window_seconds": round(window, 3), "deliveries": g["messages"],
+           "deliveries_per_s": round(g["messages"] / window, 1), "bytes_per_s": round(g["bytes"] / window),
+           "records_per_message": g["records_per_message"], "latency_ms": g.get("latency_ms"),
+           "per_client_messages": g["per_client_messages"], "other_messages": g["other"],
+           "close_codes": g["close_codes"], "lost": g["lost"], "open": g["open"],
+           "server_cpu_percent": cpu["server"]["cpu_percent"], "cpu": cpu,
+           "rss_start_kb": rss0, "rss_end_kb": rss_kb(srv.pid), "groups": stats}
+    cpu_s = cpu["server"]["cpu_seconds"]
+    out["deliveries_per_cpu_s"] = round(g["messages"] / cpu_s, 1) if cpu_s else None
+    return out
+
+
+def scenario_throughput(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
+    raw: dict[str, Any] = {}
+    rows: list[Row] = []
+    for n in ctx.sizes.throughput_clients:
+        rate = ctx.sizes.throughput_rate[n]
+        per: dict[str, Any] = {}
+        for side in ctx.order:
+            srv = ctx.server(side, batch_size=10, batch_interval_ms=100).start()
+            try:
+                conn = ctx.clients.connect(srv.port, n, sample_every=max(n // 50, 1))
+                with Producer(ctx, rate, THROUGHPUT_RECORD_BYTES) as producer:
+                    time.sleep(ctx.sizes.warmup_seconds)
+                    m = _measure(ctx, srv, ctx.sizes.throughput_seconds)
+                m.update(clients=n, connected=conn["connected"], offered_records_per_s=rate,
+                         produced_records_per_s=round(producer.achieved_rate, 1))
+                per[side] = m
+                _say(f"{side}: {n} clients: {m['deliveries_per_s']:,.0f} deliveries/s, "
+                     f"server CPU {m['server_cpu_percent']}%, clients CPU {m['cpu']['clients']['cpu_percent']}%, "
+                     f"{m['records_per_message']} records/msg, {m['bytes_per_s'] / 1e6:.0f} MB/s")
+            finally:
+                ctx.clients.call("close")
+                srv.stop()
+        raw[str(n)] = per
+        o, p = per["ours"], per["peer"]
+        rows += [row(f"fan-out {n:,} clients: deliveries/s", o["deliveries_per_s"], p["deliveries_per_s"], "/s", "higher"),
+                 row(f"fan-out {n:,} clients: server CPU", o["server_cpu_percent"], p["server_cpu_percent"], "%"),
+                 row(f"fan-out {n:,} clients: deliveries per CPU-second", o["deliveries_per_cpu_s"],
+                     p["deliveries_per_cpu_s"], "", "higher")]
+    return raw, rows
+
+
+def _lat(m: dict[str, Any], key: str) -> float | None:
+    return (m.get("latency_ms") or {}).get(key)
+
+
+def scenario_latency(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
+    n, rate = ctx.sizes.latency_clients, ctx.sizes.latency_rate
+    raw: dict[str, Any] = {"clients": n, "records_per_s": rate, "record_bytes": LATENCY_RECORD_BYTES}
+    for side in ctx.order:
+        srv = ctx.server(side).start()  # the service's default batching: 500 records or 50 ms
+        try:
+            ctx.clients.connect(srv.port, n, sample_every=20)
+            with Producer(ctx, rate, LATENCY_RECORD_BYTES) as producer:
+                time.sleep(ctx.sizes.warmup_seconds)
+                m = _measure(ctx, srv, ctx.sizes.latency_seconds)
+            m["produced_records_per_s"] = round(producer.achieved_rate, 1)
+            raw[side] = m
+            _say(f"{side}: latency {m['latency_ms']}, {m['deliveries_per_s']:,.0f} deliveries/s, "
+                 f"CPU {m['server_cpu_percent']}%")
+        finally:
+            ctx.clients.call("close")
+            srv.stop()
+    o, p = raw["ours"], raw["peer"]
+    return raw, [row(f"latency @ {rate:,} rec/s, {n:,} clients: p50", _lat(o, "p50"), _lat(p, "p50"), "ms", "lower"),
+                 row(f"latency @ {rate:,} rec/s, {n:,} clients: p99", _lat(o, "p99"), _lat(p, "p99"), "ms", "lower"),
+                 row(f"latency run: server CPU", o["server_cpu_percent"], p["server_cpu_percent"], "%", "lower")]
+
+
+def scenario_stalled(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
+    s = ctx.sizes
+    raw: dict[str, Any] = {"clients": s.stalled_clients, "stalled": s.stalled_extra, "records_per_s": s.stalled_rate}
+    for side in ctx.order:
+        srv = ctx.server(side).start()
+        try:
+            ctx.clients.connect(srv.port, s.stalled_clients, sample_every=20)
+            with Producer(ctx, s.stalled_rate, LATENCY_RECORD_BYTES):
+                time.sleep(s.warmup_seconds)
+                before = _measure(ctx, srv, s.stalled_baseline_seconds)
+                ctx.clients.connect(srv.port, s.stalled_extra, group="stalled", stall=True, rcvbuf=4096)
+                rss0 = rss_kb(srv.pid)
+                series = []
+                ctx.clients.call("stats", reset=True)
+                meter = CpuMeter(srv.pid)
+                meter.start()
+                began = time.monotonic()
+                while time.monotonic() - began < s.stalled_seconds:
+                    time.sleep(1.0)
+                    series.append(rss_kb(srv.pid))
+                stats = ctx.clients.call("stats", reset=True)
+                cpu = meter.stop()
+            g = stats["normal"]
+            window = g["now"] - g["since"]
+            with_stalled = {"window_seconds": round(window, 3), "deliveries_per_s": round(g["messages"] / window, 1),
+                            "latency_ms": g.get("latency_ms"), "per_client_messages": g["per_client_messages"],
+                            "close_codes": g["close_codes"], "lost": g["lost"], "server_cpu_percent": cpu["cpu_percent"],
+                            "stalled_group": stats.get("stalled"), "rss_start_kb": rss0, "rss_series_kb": series,
+                            "rss_growth_kb": max(series) - rss0 if series else None,
+                            "rss_growth_last_10s_kb": (series[-1] - series[-11]) if len(series) > 10 else None}
+            raw[side] = {"without": before, "with": with_stalled}
+            _say(f"{side}: without stalled {before['deliveries_per_s']:,.0f}/s p99 {_lat(before, 'p99')} ms; "
+                 f"with {with_stalled['deliveries_per_s']:,.0f}/s p99 {_lat(with_stalled, 'p99')} ms; "
+                 f"RSS +{with_stalled['rss_growth_kb'] / 1024:.1f} MiB")
+        finally:
+            ctx.clients.call("close")
+            srv.stop()
+    o, p = raw["ours"], raw["peer"]
+    tag = f"{s.stalled_clients:,} + {s.stalled_extra} stalled"
+    return raw, [
+        row(f"{tag}: deliveries/s without stalled", o["without"]["deliveries_per_s"], p["without"]["deliveries_per_s"], "/s", "higher"),
+        row(f"{tag}: deliveries/s with stalled", o["with"]["deliveries_per_s"], p["with"]["deliveries_per_s"], "/s", "higher"),
+        row(f"{tag}: p99 latency without stalled", _lat(o["without"], "p99"), _lat(p["without"], "p99"), "ms", "lower"),
+        row(f"{tag}: p99 latency with stalled", _lat(o["with"], "p99"), _lat(p["with"], "p99"), "ms", "lower"),
+        row(f"{tag}: RSS growth over {s.stalled_seconds:.0f} s", o["with"]["rss_growth_kb"] / 1024,
+            p["with"]["rss_growth_kb"] / 1024, "MiB", "lower"),
+    ]
+
+
+def scenario_startup(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
+    raw: dict[str, Any] = {}
+    for side in ctx.order:
+        runs = []
+        for _ in range(ctx.sizes.startup_launches):
+            srv = ctx.server(side)
+            try:
+                began = time.monotonic()
+                srv.launch()
+                first = ready = None
+                while time.monotonic() - began < 60:
+                    health = srv.health()
+                    now = time.monotonic()
+                    if health is not None and first is None:
+                        first = now - began
+                    if health is not None and health["kafka"]["tail"]["state"] == "ok":
+                        ready = now - began
+                        break
+                    time.sleep(0.01)
+                runs.append({"first_200_s": round(first, 3) if first else None,
+                             "tail_ready_s": round(ready, 3) if ready else None})
+            finally:
+                srv.stop()
+        raw[side] = {"runs": runs,
+                     "median_first_200_s": statistics.median(r["first_200_s"] for r in runs if r["first_200_s"]),
+                     "median_tail_ready_s": statistics.median(r["tail_ready_s"] for r in runs if r["tail_ready_s"])}
+        _say(f"{side}: first 200 {raw[side]['median_first_200_s']} s, tail ready {raw[side]['median_tail_ready_s']} s")
+    o, p = raw["ours"], raw["peer"]
+    return raw, [row("start-up: launch → first /health 200", o["median_first_200_s"] * 1000,
+                     p["median_first_200_s"] * 1000, "ms", "lower"),
+                 row("start-up: launch → Kafka tail ready", o["median_tail_ready_s"] * 1000,
+                     p["median_tail_ready_s"] * 1000, "ms", "lower")]
+
+
+def scenario_forward(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
+    raw = forward.run(ctx.kafka, ctx.sizes.forward_records, str(ctx.log_dir))
+    o, p = raw["ours"], raw["stock"]
+    for side, r in (("ours", o), ("stock OTel", p)):
+        _say(f"{side}: complete={r['complete']} {r['received']:,} received ({r['distinct_seq']:,} distinct), "
+             f"{r['records_per_s_wall']} rec/s wall, {r['records_per_s_steady']} rec/s steady, "
+             f"CPU {r['sender_cpu_seconds']} s")
+    n = ctx.sizes.forward_records
+    return raw, [row(f"forward {n:,} records: rec/s, launch → all at collector", o["records_per_s_wall"],
+                     p["records_per_s_wall"], "/s", "higher"),
+                 row(f"forward {n:,} records: rec/s, first → last at collector", o["records_per_s_steady"],
+                     p["records_per_s_steady"], "/s", "higher"),
+                 row(f"forward {n:,} records: records per sender CPU-second", o["records_per_cpu_s"],
+                     p["records_per_cpu_s"], "", "higher"),
+                 row(f"forward {n:,} records: distinct records at receiver", o["distinct_seq"], p["distinct_seq"])]
+
+
+RUNNERS: dict[str, Callable[[Context], tuple[dict[str, Any], list[Row]]]] = {
+    "idle": scenario_idle, "throughput": scenario_throughput, "latency": scenario_latency,
+    "stalled": scenario_stalled, "startup": scenario_startup, "forward": scenario_forward,
+}
+
+
+# -- table -------------------------------------------------------------------------------------
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def median_rows(runs: list[list[Row]]) -> list[Row]:
+    """One row per metric: the median over repeated runs of ours and of peer."""
+    out: list[Row] = []
+    for i, first in enumerate(runs[0]):
+        same = [r[i] for r in runs if i < len(r) and r[i]["metric"] == first["metric"]]
+        merged = dict(first)
+        for side in ("ours", "peer"):
+            values = [r[side] for r in same if r[side] is not None]
+            merged[side] = statistics.median(values) if values else None
+            merged[f"{side}_runs"] = [r[side] for r in same]
+        out.append(merged)
+    return out
+
+
+def table(rows: list[Row], peer_label: str = "peer") -> str:
+    lines = [f"| metric | ours | {peer_label} | ratio ours/peer |", "|---|---:|---:|---:|"]
+    for r in rows:
+        ratio = (r["ours"] / r["peer"]) if r["ours"] is not None and r["peer"] else None
+        unit = f" {r['unit']}" if r["unit"] and r["unit"] not in ("/s",) else ""
+        name = r["metric"] + (f" ({r['unit']})" if r["unit"] else "")
+        lines.append(f"| {name} | {_fmt(r['ours'])} | {_fmt(r['peer'])} | "
+                     f"{f'{ratio:.2f}' if ratio is not None else '–'} |")
+        del unit
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    import websockets
+    info: dict[str, Any] = {"nproc": os.cpu_count(), "python": sys.version.split()[0],
+                            "platform": platform.platform(), "websockets": websockets.__version__,
+                            "load_average_at_start": os.getloadavg()}
+    try:
+        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                                 if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        info["mem_total_kb"] = int(next(line.split()[1] for line in open("/proc/meminfo")
+                                        if line.startswith("MemTotal")))
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a minute or two")
+    parser.add_argument("--only", action="append", choices=SCENARIOS, metavar="NAME",
+                        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
+    parser.add_argument("--repeat", type=int, default=1, help="run each scenario N times; the table shows medians")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "fanout.json"), help="where to write raw results")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their folder is printed)")
+    args = parser.parse_args(argv)
+
+    nofile = raise_nofile()  # Gunicorn, the peer and the clients inherit it
+    sizes = QUICK if args.quick else Sizes()
+    names = [s for s in SCENARIOS if not args.only or s in args.only]
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    command = " ".join([Path(sys.executable).name, "-m", "bench.fanout", *(argv if argv is not None else sys.argv[1:])])
+    results: dict[str, Any] = {"command": command, "machine": machine_info(), "nofile": nofile,
+                               "sizes": sizes.__dict__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               "scenarios": {}, "rows": []}
+    print(f"bench.fanout: {', '.join(names)}; {args.repeat} run(s); logs in {log_dir}", flush=True)
+    began = time.monotonic()
+    all_rows: list[Row] = []
+    with KafkaBroker(log_dir / "kafka") as kafka:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        kafka.create_topic(topic, 3)
+        clients = Clients(log_dir)
+        try:
+            for name in names:
+                runs: list[list[Row]] = []
+                raws: list[dict[str, Any]] = []
+                for i in range(args.repeat):
+                    # Alternate who goes first, so warm caches and drift do not favour one side.
+                    order = ("ours", "peer") if i % 2 == 0 else ("peer", "ours")
+                    ctx = Context(kafka, topic, clients, log_dir, sizes, order)
+                    print(f"[{name} {i + 1}/{args.repeat}]", flush=True)
+                    t0 = time.monotonic()
+                    raw, rows = RUNNERS[name](ctx)
+                    raw["seconds"] = round(time.monotonic() - t0, 1)
+                    raws.append(raw)
+                    runs.append(rows)
+                merged = median_rows(runs)
+                results["scenarios"][name] = {"runs": raws, "rows": merged}
+                all_rows += merged
+                print(table(merged, "peer / stock OTel" if name == "forward" else "peer"), flush=True)
+        finally:
+            clients.close()
+    results["rows"] = all_rows
+    results["seconds"] = round(time.monotonic() - began, 1)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nbench.fanout: {results['seconds']} s; {args.repeat} run(s), medians shown; "
+          f"peer = asyncio websockets {results['machine']['websockets']} (forward: stock OpenTelemetry logging)\n")
+    print(table(all_rows))
+    print(f"\nraw results: {out}")
+    if not args.keep_logs:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
