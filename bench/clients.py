@@ -78,6 +78,7 @@ class Group:
         lat = sorted(self.latency_ns)
         out: dict[str, Any] = {
             "clients": len(self.conns), "open": sum(1 for c in self.conns if c.open),
+            "sampled_clients": sum(1 for c in self.conns if c.sample and c.open),
             "messages": self.messages, "bytes": self.bytes, "records_sampled": self.records,
             "sampled_messages": self.sampled_messages,
             "records_per_message": round(self.records / self.sampled_messages, 2) if self.sampled_messages else None,

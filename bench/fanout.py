@@ -1,6 +1,6 @@
 """The fan-out benchmark suite (issue #3): logger-service against an asyncio ``websockets`` peer.
 
-    python -m bench.fanout [--quick] [--only NAME ...] [--repeat N] [--json PATH]
+    python -m bench.fanout [--quick] [--only NAME ...] [--repeat N] [--repeat-small N] [--json PATH]
 
 One run starts a real Kafka broker (``devstack.kafka.KafkaBroker``), then for each
 scenario the service under real Gunicorn (``devstack.service.ServiceProcess``, one
@@ -17,8 +17,8 @@ same load-client process (``bench.clients``). Scenarios:
 6. ``forward``    -- records/s from Kafka through a real Rotel collector, against the stock
    OpenTelemetry logging path (``bench.forward``).
 
-Prints a table (metric | ours | peer | ratio; with ``--repeat`` the median of the
-runs) and writes every raw number, the machine and the command to ``--json``.
+Prints a table (metric | ours | peer | ratio; with ``--repeat``/``--repeat-small``
+the median of the runs) and writes every raw number, the machine and the command to ``--json``.
 Everything binds to 127.0.0.1; every loop is bounded in count and time.
 """
 
@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 import uuid
@@ -53,6 +54,7 @@ from devstack.service import ServiceProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("idle", "throughput", "latency", "stalled", "startup", "forward")
+SMALL = ("latency", "stalled", "startup")  # at most ~1,000 clients: cheap enough to repeat
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Sizes:
     throughput_clients: tuple[int, ...] = (1_000, 10_000)
     # Offered load, records/s (batches of 10 ≈ 8 KB): above what either server sustains,
     # so the measured rate is the server's (Kafka holds the backlog).
-    throughput_rate: dict[int, int] = field(default_factory=lambda: {1_000: 2_000, 10_000: 400})
+    throughput_rate: dict[int, int] = field(default_factory=lambda: {1_000: 1_000, 10_000: 120})
     throughput_seconds: float = 10.0
     latency_clients: int = 1_000
     latency_rate: int = 2_000
@@ -78,7 +80,7 @@ class Sizes:
     warmup_seconds: float = 3.0
 
 
-QUICK = Sizes(idle_levels=(100, 300), throughput_clients=(200,), throughput_rate={200: 2_000},
+QUICK = Sizes(idle_levels=(100, 300), throughput_clients=(200,), throughput_rate={200: 2_500},
               throughput_seconds=3.0, latency_clients=200, latency_seconds=3.0, stalled_clients=200,
               stalled_extra=5, stalled_baseline_seconds=3.0, stalled_seconds=6.0, startup_launches=2,
               forward_records=20_000, warmup_seconds=1.5)
@@ -361,6 +363,7 @@ def _measure(ctx: Context, srv: Server, seconds: float, group: str = "normal") -
     g = stats[group]
     window = g["now"] - g["since"]
     out = {"window_seconds": round(window, 3), "deliveries": g["messages"],
+           "records_per_s_per_client": _per_client_rate(g, window),
            "deliveries_per_s": round(g["messages"] / window, 1), "bytes_per_s": round(g["bytes"] / window),
            "records_per_message": g["records_per_message"], "latency_ms": g.get("latency_ms"),
            "per_client_messages": g["per_client_messages"], "other_messages": g["other"],
@@ -370,6 +373,13 @@ def _measure(ctx: Context, srv: Server, seconds: float, group: str = "normal") -
     cpu_s = cpu["server"]["cpu_seconds"]
     out["deliveries_per_cpu_s"] = round(g["messages"] / cpu_s, 1) if cpu_s else None
     return out
+
+
+def _per_client_rate(g: dict[str, Any], window: float) -> float | None:
+    """Records per second that one sampled client received (they all should get every record)."""
+    if not g.get("sampled_clients") or window <= 0:
+        return None
+    return round(g["records_sampled"] / g["sampled_clients"] / window, 1)
 
 
 def scenario_throughput(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
@@ -455,6 +465,7 @@ def scenario_stalled(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
             g = stats["normal"]
             window = g["now"] - g["since"]
             with_stalled = {"window_seconds": round(window, 3), "deliveries_per_s": round(g["messages"] / window, 1),
+                            "records_per_s_per_client": _per_client_rate(g, window),
                             "latency_ms": g.get("latency_ms"), "per_client_messages": g["per_client_messages"],
                             "close_codes": g["close_codes"], "lost": g["lost"], "server_cpu_percent": cpu["cpu_percent"],
                             "stalled_group": stats.get("stalled"), "rss_start_kb": rss0, "rss_series_kb": series,
@@ -472,6 +483,10 @@ def scenario_stalled(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
     return raw, [
         row(f"{tag}: deliveries/s without stalled", o["without"]["deliveries_per_s"], p["without"]["deliveries_per_s"], "/s", "higher"),
         row(f"{tag}: deliveries/s with stalled", o["with"]["deliveries_per_s"], p["with"]["deliveries_per_s"], "/s", "higher"),
+        row(f"{tag}: records/s per normal client without stalled", o["without"]["records_per_s_per_client"],
+            p["without"]["records_per_s_per_client"], "/s", "higher"),
+        row(f"{tag}: records/s per normal client with stalled", o["with"]["records_per_s_per_client"],
+            p["with"]["records_per_s_per_client"], "/s", "higher"),
         row(f"{tag}: p99 latency without stalled", _lat(o["without"], "p99"), _lat(p["without"], "p99"), "ms", "lower"),
         row(f"{tag}: p99 latency with stalled", _lat(o["with"], "p99"), _lat(p["with"], "p99"), "ms", "lower"),
         row(f"{tag}: RSS growth over {s.stalled_seconds:.0f} s", o["with"]["rss_growth_kb"] / 1024,
@@ -566,11 +581,9 @@ def table(rows: list[Row], peer_label: str = "peer") -> str:
     lines = [f"| metric | ours | {peer_label} | ratio ours/peer |", "|---|---:|---:|---:|"]
     for r in rows:
         ratio = (r["ours"] / r["peer"]) if r["ours"] is not None and r["peer"] else None
-        unit = f" {r['unit']}" if r["unit"] and r["unit"] not in ("/s",) else ""
         name = r["metric"] + (f" ({r['unit']})" if r["unit"] else "")
         lines.append(f"| {name} | {_fmt(r['ours'])} | {_fmt(r['peer'])} | "
                      f"{f'{ratio:.2f}' if ratio is not None else '–'} |")
-        del unit
     return "\n".join(lines)
 
 
@@ -598,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=SCENARIOS, metavar="NAME",
                         help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
     parser.add_argument("--repeat", type=int, default=1, help="run each scenario N times; the table shows medians")
+    parser.add_argument("--repeat-small", type=int, default=0, metavar="N",
+                        help=f"run the small scenarios ({', '.join(SMALL)}) N times (overrides --repeat for them)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "fanout.json"), help="where to write raw results")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their folder is printed)")
     args = parser.parse_args(argv)
@@ -610,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"command": command, "machine": machine_info(), "nofile": nofile,
                                "sizes": sizes.__dict__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "scenarios": {}, "rows": []}
-    print(f"bench.fanout: {', '.join(names)}; {args.repeat} run(s); logs in {log_dir}", flush=True)
+    print(f"bench.fanout: {', '.join(names)}; logs in {log_dir}", flush=True)
     began = time.monotonic()
     all_rows: list[Row] = []
     with KafkaBroker(log_dir / "kafka") as kafka:
@@ -621,16 +636,25 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 runs: list[list[Row]] = []
                 raws: list[dict[str, Any]] = []
-                for i in range(args.repeat):
+                repeat = args.repeat_small if (args.repeat_small and name in SMALL) else args.repeat
+                for i in range(repeat):
                     # Alternate who goes first, so warm caches and drift do not favour one side.
                     order = ("ours", "peer") if i % 2 == 0 else ("peer", "ours")
                     ctx = Context(kafka, topic, clients, log_dir, sizes, order)
-                    print(f"[{name} {i + 1}/{args.repeat}]", flush=True)
+                    print(f"[{name} {i + 1}/{repeat}]", flush=True)
                     t0 = time.monotonic()
-                    raw, rows = RUNNERS[name](ctx)
+                    try:
+                        raw, rows = RUNNERS[name](ctx)
+                    except Exception as exc:  # noqa: BLE001 - one broken scenario must not lose the others
+                        print(f"  ! {name} failed: {type(exc).__name__}: {exc}", flush=True)
+                        raws.append({"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
+                        continue
                     raw["seconds"] = round(time.monotonic() - t0, 1)
                     raws.append(raw)
                     runs.append(rows)
+                if not runs:
+                    results["scenarios"][name] = {"runs": raws, "rows": []}
+                    continue
                 merged = median_rows(runs)
                 results["scenarios"][name] = {"runs": raws, "rows": merged}
                 all_rows += merged
@@ -642,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))
-    print(f"\nbench.fanout: {results['seconds']} s; {args.repeat} run(s), medians shown; "
+    print(f"\nbench.fanout: {results['seconds']} s; medians of the runs shown; "
           f"peer = asyncio websockets {results['machine']['websockets']} (forward: stock OpenTelemetry logging)\n")
     print(table(all_rows))
     print(f"\nraw results: {out}")

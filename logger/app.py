@@ -5,8 +5,9 @@ pipeline (``logger.gunicorn_hooks``). Teams add their own routes the usual
 way: ``app = create_app(settings); app.register_blueprint(bp)``.
 
 CORS (flask-cors) covers the HTTP routes for exactly the configured front-end
-origins. ``/ws`` is served below Flask, as a plain WSGI branch: a WebSocket
-lives for hours, and holding a Flask request context for each one costs
+origins. ``/ws`` is served below Flask, as a plain WSGI branch that hands the
+connection to the hub and returns: a WebSocket lives for hours, and holding a
+request context, a handler greenlet and its buffers for each one costs
 memory and buys nothing. Its ``Origin`` is checked before the upgrade, in
 ``logger.gunicorn_worker``, because CORS does not apply to WebSockets.
 """
@@ -70,15 +71,31 @@ class WebSocketRoute:
         websocket = environ.get("wsgi.websocket")
         if websocket is None or environ.get("PATH_INFO") != WS_PATH:
             return self.wsgi_app(environ, start_response)
-        # Take the socket over from gevent-websocket; mark its object closed so it
-        # does not write a second (code-less) close frame after ours.
-        handler = websocket.handler
-        websocket.closed = True
-        environ["wsgi.websocket"] = None
+        sock, initial = _take_connection(websocket)
         settings = self.service.settings
-        client = WebSocketClient(handler.socket, handler.rfile, environ.get("REMOTE_ADDR", ""),
-                                 max_pending=settings.client_buffer_bytes,
+        client = WebSocketClient(sock, environ.get("REMOTE_ADDR", ""), max_pending=settings.client_buffer_bytes,
                                  max_message_bytes=settings.max_message_bytes,
                                  stall_timeout_s=settings.client_stall_timeout_s)
-        self.service.hub.serve(client)
+        self.service.hub.attach(client, initial)
         return []
+
+
+def _take_connection(websocket: Any) -> tuple[Any, bytes]:
+    """Take an upgraded connection away from pywsgi and gevent-websocket.
+
+    Their handler greenlet then ends, and with it its stack, the handler
+    object, the WSGI environ and the 8 KB read buffer: an idle client costs
+    only what ``WebSocketClient`` holds. pywsgi closes its socket object when
+    the handler returns, so we keep a duplicate of the descriptor. Bytes the
+    HTTP reader already buffered past the request are handed on.
+    """
+    handler = websocket.handler
+    websocket.closed = True  # or it writes a second, code-less close frame
+    sock, handler.socket = handler.socket, None  # pywsgi neither drains nor closes it now
+    own = sock.dup()
+    sock.setblocking(False)
+    try:
+        initial = handler.rfile.read1(1 << 16) or b""
+    except (OSError, ValueError):
+        initial = b""
+    return own, initial

@@ -76,8 +76,8 @@ class Hub:
             self.counters["refused_full"] += 1
             raise Refusal("503 Service Unavailable", f"this worker already has {len(self._clients)} clients")
 
-    def serve(self, client: WebSocketClient) -> None:
-        """Run one admitted client until it goes away (in its own greenlet)."""
+    def attach(self, client: WebSocketClient, initial: bytes = b"") -> None:
+        """Register an admitted client and start reading from it; returns at once."""
         client.send(encode_message({
             "type": "hello", "server": "logger-service", "version": logger.__version__,
             "topic": self.settings.kafka_topic, "worker": os.getpid(),
@@ -85,12 +85,10 @@ class Hub:
         }), droppable=False)
         self._clients.add(client)
         self.counters["connections"] += 1
-        try:
-            client.serve(lambda text: self._on_message(client, text))
-        finally:
-            self._clients.discard(client)
+        client.start(self._on_message, self._clients.discard, initial)
 
     def _on_message(self, client: WebSocketClient, text: str) -> None:
+        # Runs in gevent's hub (an I/O callback): answer with non-blocking sends only.
         try:
             message = orjson.loads(text)
         except orjson.JSONDecodeError:

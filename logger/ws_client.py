@@ -8,10 +8,15 @@ past ``max_pending`` bytes the oldest *batches* are dropped (control frames
 never are) and the client is told ``{"type":"dropped","count":N}`` once it
 catches up; a client that stays stuck is closed with 1008.
 
-Reading runs in the connection's own greenlet (:meth:`serve`). We parse frames
-ourselves rather than use gevent-websocket's ``WebSocket`` because that class
-never puts the close code in its close frame and writes pongs with a blocking
-``sendall`` that could interleave with our frames (gevent-websocket 0.10.1).
+Reading needs no greenlet either. Once upgraded, the connection leaves
+pywsgi (see ``logger.app.WebSocketRoute``): an idle client is this object, its
+socket and one I/O watcher whose callback parses whatever arrived, without
+blocking. That is what keeps 10,000 idle clients small: a greenlet parked in
+``recv`` under pywsgi and gevent-websocket cost ~23 KB each (its saved stack,
+the handler, the WSGI environ, an 8 KB read buffer). We parse frames ourselves
+rather than use gevent-websocket's ``WebSocket`` because that class never puts
+the close code in its close frame and writes pongs with a blocking ``sendall``
+that could interleave with our frames (gevent-websocket 0.10.1).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 import gevent
 import orjson
+from gevent import get_hub
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +74,21 @@ class ProtocolViolation(Exception):
 
 
 class WebSocketClient:
-    # __slots__ keeps an idle connection small: 10,000 of them is the design point.
-    __slots__ = ("sock", "_raw", "_rfile", "address", "max_pending", "max_message_bytes",
-                 "_pending", "_pending_bytes", "_writer", "dropped", "closing", "closed",
-                 "last_seen", "last_progress", "stall_timeout_s", "__weakref__")
+    """One upgraded connection. Every method runs without blocking; call them from
+    any greenlet (the callbacks given to :meth:`start` run in gevent's hub)."""
 
-    def __init__(self, sock: socket.socket, rfile: Any, address: str = "", *, max_pending: int = 4 << 20,
+    # __slots__ keeps an idle connection small: 10,000 of them is the design point.
+    __slots__ = ("sock", "_raw", "address", "max_pending", "max_message_bytes", "stall_timeout_s",
+                 "_pending", "_pending_bytes", "_writer", "dropped", "closing", "closed",
+                 "last_seen", "last_progress", "_inbox", "_fragments", "_discarding", "_watcher",
+                 "_on_text", "_on_close", "__weakref__")
+
+    def __init__(self, sock: socket.socket, address: str = "", *, max_pending: int = 4 << 20,
                  max_message_bytes: int = 64 << 10, stall_timeout_s: float = 30.0) -> None:
         self.sock = sock
-        # gevent's socket wraps a real non-blocking socket; sending on that one
-        # directly is the cheap path: it either takes bytes or raises BlockingIOError.
+        # gevent's socket wraps a real non-blocking socket; sending and receiving on
+        # that one directly either moves bytes or raises BlockingIOError: no switch.
         self._raw = getattr(sock, "_sock", sock)
-        self._rfile = rfile
         self.address = address
         self.max_pending = max_pending
         self.max_message_bytes = max_message_bytes
@@ -92,6 +101,25 @@ class WebSocketClient:
         self.closed = False
         self.last_seen = time.monotonic()
         self.last_progress = 0.0  # when the writer last finished a frame (while backlogged)
+        self._inbox = b""  # bytes of an incomplete frame; empty while idle
+        self._fragments: list[bytes] | None = None
+        self._discarding = False
+        self._watcher: Any = None
+        self._on_text: Callable[[WebSocketClient, str], None] | None = None
+        self._on_close: Callable[[WebSocketClient], None] | None = None
+
+    def start(self, on_text: Callable[[WebSocketClient, str], None],
+              on_close: Callable[[WebSocketClient], None], initial: bytes = b"") -> None:
+        """Begin reading. ``on_text`` gets each text message, ``on_close`` runs once at the end.
+
+        ``initial`` holds bytes the HTTP layer read past the upgrade request.
+        Both callbacks run in the hub: they must not block.
+        """
+        self._on_text, self._on_close = on_text, on_close
+        self._watcher = get_hub().loop.io(self._raw.fileno(), 1)  # 1: readable
+        self._watcher.start(self._on_readable)
+        if initial:
+            self._receive(initial)
 
     # -- writing: called by the hub, never blocks ------------------------------------
 
@@ -169,6 +197,7 @@ class WebSocketClient:
                     self._pending.append((notice, False))
                     self._pending_bytes += len(notice)
         except OSError:
+            self._writer = None
             self.abort()
         finally:
             self._pending = None
@@ -184,108 +213,143 @@ class WebSocketClient:
         gevent.spawn_later(CLOSE_WAIT_S, self.abort)
 
     def abort(self) -> None:
-        """Drop the connection now; the reading greenlet sees EOF and ends."""
-        if self.closed:
-            return
-        self.closed = True
+        """Drop the connection now."""
+        if not self.closed:
+            self._finish()
+
+    # -- reading: an I/O watcher callback, never blocks ------------------------------
+
+    def _on_readable(self) -> None:
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            data = self._raw.recv(1 << 16)
+        except BlockingIOError:
+            return
         except OSError:
-            pass
+            data = b""
+        if not data:
+            self._finish()
+            return
+        self._receive(data)
 
-    # -- reading: runs in the connection's greenlet ----------------------------------
-
-    def serve(self, on_text: Callable[[str], None]) -> None:
-        """Read messages until the peer closes; answer pings; enforce the limits."""
+    def _receive(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
+        if self._discarding:
+            return
+        buffer = self._inbox + data if self._inbox else data
+        offset = 0
         try:
             while not self.closed:
-                opcode, payload = self._read_message()
-                if opcode == OP_TEXT:
-                    try:
-                        text = payload.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise ProtocolViolation(INVALID_PAYLOAD, "text frame is not valid UTF-8") from None
-                    on_text(text)
-                elif opcode == OP_BINARY:
-                    raise ProtocolViolation(UNSUPPORTED_DATA, "binary messages are not accepted")
-                else:  # OP_CLOSE: answer with the same code, then we're done
-                    if not self.closing:
-                        code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else NORMAL
-                        self.close(code if _echoable(code) else NORMAL)
-                    return
+                frame = parse_frame(buffer, offset, self.max_message_bytes)
+                if frame is None:
+                    break
+                fin, opcode, payload, offset = frame
+                self._handle_frame(fin, opcode, payload)
         except ProtocolViolation as exc:
             log.info("closing WebSocket %s: %s (%d)", self.address, exc.reason, exc.code)
             self.close(exc.code, exc.reason)
-            self._discard_input()
-        except (OSError, EOFError):
-            pass
-        finally:
-            self.closed = True
+            # Keep reading and dropping the peer's input until it hangs up or the
+            # close timeout aborts us: closing a socket with unread input makes the
+            # kernel send a reset, and the peer would lose our close frame and code.
+            self._discarding = True
+            offset = len(buffer)
+        self._inbox = buffer[offset:]
 
-    def _discard_input(self) -> None:
-        """Read and drop what the peer still sends until it hangs up (or the close
-        timeout aborts us): closing a socket with unread input makes the kernel send
-        a reset, and the peer would lose our close frame and its code."""
-        try:
-            while self._rfile.read1(1 << 16):
-                pass
-        except (OSError, ValueError):
-            pass
-
-    def _read_message(self) -> tuple[int, bytes]:
-        """Next text/binary/close message; pings and pongs are handled on the way."""
-        opcode = None
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            fin, frame_opcode, payload = self._read_frame()
-            self.last_seen = time.monotonic()
-            if frame_opcode >= OP_CLOSE:
-                if frame_opcode == OP_PING:
-                    self.send(encode_frame(payload, OP_PONG), droppable=False)
-                elif frame_opcode == OP_CLOSE:
-                    return OP_CLOSE, payload
-                continue  # a pong: last_seen is all it is for
-            if frame_opcode == OP_CONTINUATION:
-                if opcode is None:
-                    raise ProtocolViolation(PROTOCOL_ERROR, "continuation frame without a message")
-            elif opcode is not None:
-                raise ProtocolViolation(PROTOCOL_ERROR, "new message inside a fragmented one")
-            else:
-                opcode = frame_opcode
-            size += len(payload)
-            if size > self.max_message_bytes:
+    def _handle_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
+        if opcode == OP_PING:
+            self.send(encode_frame(payload, OP_PONG), droppable=False)
+        elif opcode == OP_PONG:
+            pass  # last_seen is all a pong is for
+        elif opcode == OP_CLOSE:
+            if self.closing:  # the answer to our close: done
+                self.abort()
+            else:  # the peer closes: answer with its code, then hang up
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else NORMAL
+                self.close(code if _echoable(code) else NORMAL)
+                self.abort_when_flushed()
+        elif opcode == OP_CONTINUATION:
+            if self._fragments is None:
+                raise ProtocolViolation(PROTOCOL_ERROR, "continuation frame without a message")
+            self._fragments.append(payload)
+            if sum(map(len, self._fragments)) > self.max_message_bytes:
                 raise ProtocolViolation(MESSAGE_TOO_BIG, f"message larger than {self.max_message_bytes} bytes")
-            parts.append(payload)
             if fin:
-                return opcode, b"".join(parts)
+                message, self._fragments = b"".join(self._fragments), None
+                self._deliver(message)
+        elif self._fragments is not None:
+            raise ProtocolViolation(PROTOCOL_ERROR, "new message inside a fragmented one")
+        elif opcode == OP_BINARY:
+            raise ProtocolViolation(UNSUPPORTED_DATA, "binary messages are not accepted")
+        elif fin:
+            self._deliver(payload)
+        else:
+            self._fragments = [payload]
 
-    def _read_frame(self) -> tuple[bool, int, bytes]:
-        head = self._read_exactly(2)
-        first, second = head[0], head[1]
-        fin, opcode, length = bool(first & 0x80), first & 0x0F, second & 0x7F
-        if first & 0x70:
-            raise ProtocolViolation(PROTOCOL_ERROR, "reserved bits set without an extension")
-        if opcode not in (OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG):
-            raise ProtocolViolation(PROTOCOL_ERROR, f"unknown opcode {opcode}")
-        if not second & 0x80:
-            raise ProtocolViolation(PROTOCOL_ERROR, "client frames must be masked")
-        if opcode >= OP_CLOSE and (length > 125 or not fin):
-            raise ProtocolViolation(PROTOCOL_ERROR, "control frames must be short and unfragmented")
-        if length == 126:
-            length = struct.unpack("!H", self._read_exactly(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", self._read_exactly(8))[0]
-        if length > self.max_message_bytes:
-            raise ProtocolViolation(MESSAGE_TOO_BIG, f"message larger than {self.max_message_bytes} bytes")
-        mask = self._read_exactly(4)
-        return fin, opcode, _unmask(self._read_exactly(length), mask) if length else b""
+    def _deliver(self, payload: bytes) -> None:
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolViolation(INVALID_PAYLOAD, "text frame is not valid UTF-8") from None
+        if self._on_text is not None and not self.closing:
+            self._on_text(self, text)
 
-    def _read_exactly(self, size: int) -> bytes:
-        data = self._rfile.read(size)
-        if len(data) != size:
-            raise EOFError
-        return data
+    def abort_when_flushed(self) -> None:
+        """Hang up once the queued frames (our close answer) are written."""
+        if not self._pending:
+            self.abort()
+        # else: the writer finishes, and the close timer set by close() hangs up
+
+    def _finish(self) -> None:
+        """The connection is over: release the watcher and the socket, tell the owner once."""
+        self.closed = True
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
+        if self._writer is not None and self._writer is not gevent.getcurrent():
+            self._writer.kill(block=False)
+        self._pending, self._inbox, self._fragments = None, b"", None
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        on_close, self._on_close, self._on_text = self._on_close, None, None
+        if on_close is not None:
+            on_close(self)
+
+
+def parse_frame(buffer: bytes, offset: int, max_message_bytes: int) -> tuple[bool, int, bytes, int] | None:
+    """One client frame from ``buffer[offset:]``: (fin, opcode, payload, next offset),
+    or None while incomplete. Raises ProtocolViolation as soon as the header is wrong."""
+    available = len(buffer) - offset
+    if available < 2:
+        return None
+    first, second = buffer[offset], buffer[offset + 1]
+    fin, opcode, length = bool(first & 0x80), first & 0x0F, second & 0x7F
+    if first & 0x70:
+        raise ProtocolViolation(PROTOCOL_ERROR, "reserved bits set without an extension")
+    if opcode not in (OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG):
+        raise ProtocolViolation(PROTOCOL_ERROR, f"unknown opcode {opcode}")
+    if not second & 0x80:
+        raise ProtocolViolation(PROTOCOL_ERROR, "client frames must be masked")
+    if opcode >= OP_CLOSE and (length > 125 or not fin):
+        raise ProtocolViolation(PROTOCOL_ERROR, "control frames must be short and unfragmented")
+    header = 2
+    if length == 126:
+        if available < 4:
+            return None
+        length, header = struct.unpack_from("!H", buffer, offset + 2)[0], 4
+    elif length == 127:
+        if available < 10:
+            return None
+        length, header = struct.unpack_from("!Q", buffer, offset + 2)[0], 10
+    if length > max_message_bytes:
+        raise ProtocolViolation(MESSAGE_TOO_BIG, f"message larger than {max_message_bytes} bytes")
+    end = offset + header + 4 + length
+    if len(buffer) < end:
+        return None
+    mask = buffer[offset + header:offset + header + 4]
+    payload = buffer[offset + header + 4:end]
+    return fin, opcode, _unmask(payload, mask) if length else b"", end
 
 
 def _unmask(data: bytes, mask: bytes) -> bytes:

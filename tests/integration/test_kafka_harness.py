@@ -75,10 +75,11 @@ def test_sasl_plain_with_a_wrong_password_fails_authentication(
     bad = {**broker.client_config(sasl=True), "sasl_plain_password": "not-the-secret"}
     # kafka-python 3.0.12 retries a failed SASL handshake like any bootstrap
     # failure until bootstrap_timeout_ms, then raises KafkaTimeoutError; the
-    # SaslAuthenticationFailedError (error 58) only shows in its log.
+    # SaslAuthenticationFailedError (error 58) only shows in its log, and not on
+    # every attempt: the broker may hang up first ("socket disconnected").
     with caplog.at_level(logging.WARNING, logger="kafka"), pytest.raises(KafkaTimeoutError):
         KafkaAdminClient(**bad, bootstrap_timeout_ms=3000)
-    assert "SaslAuthenticationFailedError" in caplog.text
+    assert "SaslAuthenticationFailedError" in caplog.text or "socket disconnected" in caplog.text
     assert "Invalid username or password" in broker.log_path.read_text()
 
 

@@ -56,14 +56,23 @@ def read_frame(sock) -> tuple[int, bytes]:
 @pytest.fixture
 def pair():
     server, peer = socket.socketpair()
-    client = WebSocketClient(server, server.makefile("rb"), "test", max_pending=64 << 10, max_message_bytes=1024)
+    client = WebSocketClient(server, "test", max_pending=64 << 10, max_message_bytes=1024)
     yield client, peer
     server.close()
     peer.close()
 
 
 def serve(client, received):
-    return gevent.spawn(client.serve, received.append)
+    """Start reading; returns a list that gets the client once it is closed."""
+    ended: list = []
+    client.start(lambda _client, text: received.append(text), ended.append)
+    return ended
+
+
+def wait_for(condition, timeout: float = 3.0) -> None:
+    with gevent.Timeout(timeout):
+        while not condition():
+            gevent.sleep(0.01)
 
 
 def close_code(payload: bytes) -> int:
@@ -81,18 +90,16 @@ def test_frames_of_every_length_arrive_intact(pair, size):
 def test_text_messages_reach_the_callback_and_ping_gets_pong(pair):
     client, peer = pair
     received: list[str] = []
-    reader = serve(client, received)
+    ended = serve(client, received)
     peer.sendall(masked(b"hel", fin=False) + masked(b"lo", opcode=0) + masked(b"x1", OP_PING))
     assert read_frame(peer) == (OP_PONG, b"x1")
-    with gevent.Timeout(2):
-        while not received:
-            gevent.sleep(0.01)
+    wait_for(lambda: received)
     assert received == ["hello"]
     peer.sendall(masked(struct.pack("!H", 1000), OP_CLOSE))
     opcode, payload = read_frame(peer)
     assert opcode == OP_CLOSE and close_code(payload) == 1000
-    reader.join(2)
-    assert reader.dead and client.closed
+    wait_for(lambda: ended == [client])
+    assert client.closed and peer.recv(10) == b"", "the server hung up after the close handshake"
 
 
 @pytest.mark.parametrize("frame, code", [
@@ -105,13 +112,12 @@ def test_text_messages_reach_the_callback_and_ping_gets_pong(pair):
 ])
 def test_misbehaving_peers_are_closed_with_the_right_code(pair, frame, code):
     client, peer = pair
-    reader = serve(client, [])
+    ended = serve(client, [])
     peer.sendall(frame)
     opcode, payload = read_frame(peer)
     assert opcode == OP_CLOSE and close_code(payload) == code
     peer.close()  # the server drains our input until we hang up
-    reader.join(3)
-    assert reader.dead
+    wait_for(lambda: ended == [client])
 
 
 def test_a_peer_that_does_not_read_loses_old_batches_and_is_told(pair):
@@ -135,7 +141,7 @@ def test_a_peer_that_does_not_read_loses_old_batches_and_is_told(pair):
 
 def test_a_peer_that_takes_nothing_for_too_long_is_closed_with_1008():
     server, peer = socket.socketpair()
-    client = WebSocketClient(server, server.makefile("rb"), "stuck", max_pending=64 << 10, stall_timeout_s=0.2)
+    client = WebSocketClient(server, "stuck", max_pending=64 << 10, stall_timeout_s=0.2)
     batch = encode_frame(b"s" * 8192)
     for _ in range(100):
         client.send(batch)
@@ -150,5 +156,20 @@ def test_a_peer_that_takes_nothing_for_too_long_is_closed_with_1008():
                 codes.append(close_code(payload))
                 break
     assert codes == [1008]
+    server.close()
+    peer.close()
+
+
+def test_frames_split_across_reads_and_bytes_read_before_the_upgrade_handed_over():
+    server, peer = socket.socketpair()
+    client = WebSocketClient(server, "split")
+    received: list[str] = []
+    frames = masked(b"first") + masked(b"second" * 30)
+    client.start(lambda _c, text: received.append(text), lambda _c: None, initial=frames[:3])
+    for i in range(3, len(frames)):  # the rest one byte at a time
+        peer.sendall(frames[i:i + 1])
+        gevent.sleep(0)
+    wait_for(lambda: len(received) == 2)
+    assert received == ["first", "second" * 30]
     server.close()
     peer.close()
