@@ -22,7 +22,7 @@ from flask_cors import CORS
 
 import logger
 from logger.config import Settings
-from logger.hub import WS_PATH
+from logger.hub import SUBSCRIPTION_KEY, WS_PATH
 from logger.service import LogService
 from logger.ws_client import WebSocketClient
 
@@ -76,7 +76,7 @@ class WebSocketRoute:
         client = WebSocketClient(sock, environ.get("REMOTE_ADDR", ""), max_pending=settings.client_buffer_bytes,
                                  max_message_bytes=settings.max_message_bytes,
                                  stall_timeout_s=settings.client_stall_timeout_s)
-        self.service.hub.attach(client, initial)
+        self.service.hub.attach(client, environ.get(SUBSCRIPTION_KEY), initial)
         return []
 
 

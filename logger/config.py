@@ -58,6 +58,8 @@ class Settings:
     client_buffer_bytes: int = 4 << 20
     max_message_bytes: int = 64 << 10
     client_stall_timeout_s: float = 30.0
+    replay_records: int = 5000
+    replay_bytes: int = 8 << 20
     ping_interval_s: float = 25.0
     retry_backoff_max_s: float = 30.0
     log_level: str = "info"
@@ -113,6 +115,8 @@ class Settings:
             client_buffer_bytes=env.integer("WS_CLIENT_BUFFER_BYTES", 4 << 20, 64 << 10, 1 << 30),
             max_message_bytes=env.integer("WS_MAX_MESSAGE_BYTES", 64 << 10, 125, 16 << 20),
             client_stall_timeout_s=env.number("WS_STALL_TIMEOUT_S", 30, 0.1, 3600),
+            replay_records=env.integer("REPLAY_RECORDS", 5000, 0, 1_000_000),
+            replay_bytes=env.integer("REPLAY_BYTES", 8 << 20, 0, 1 << 30),
             ping_interval_s=env.number("WS_PING_INTERVAL_S", 25, 0.1, 3600),
             retry_backoff_max_s=env.number("EXPORT_RETRY_MAX_S", 30, 0.1, 3600),
             log_level=env.choice("LOG_LEVEL", LOG_LEVELS, "info"),

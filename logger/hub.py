@@ -1,11 +1,17 @@
 """The hub: who is connected to ``/ws``, and fan-out of each batch to all of them.
 
-Each batch is serialised to JSON and framed once, then the same ``bytes``
-are offered to every client; :class:`WebSocketClient` makes that a single
-non-blocking send in the common case, so a slow client costs the others
-nothing. The hub also admits or refuses upgrades (before the 101, see
-``gunicorn_worker.py``), pings idle clients, and closes everyone with 1001 on
-shutdown.
+Clients are grouped by filter. Each batch is serialised to JSON and framed
+once per group, then the same ``bytes`` are offered to every client of the
+group; :class:`WebSocketClient` makes that a single non-blocking send in the
+common case, so a slow client costs the others nothing. Every batch also goes
+into the replay ring, for ``?tail=K`` and for clients resuming ``?since=``.
+
+The hub admits or refuses upgrades (before the 101, see ``gunicorn_worker.py``),
+answers client messages (subscribe, pause, resume, ping), pings idle clients,
+and closes everyone with 1001 on shutdown. Nothing here blocks: publish runs in
+the tail reader's greenlet, messages in gevent's hub, and neither yields while
+it walks the clients, so a filter change or a replay always lands between
+two batches.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import gevent
 import orjson
@@ -23,7 +31,9 @@ from gevent.event import Event
 
 import logger
 from logger.config import Settings
+from logger.filters import EVERYTHING, Filter, FilterError
 from logger.records import LogRecord
+from logger.replay import Partition, ReplayRing, parse_positions
 from logger.ws_client import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -47,10 +57,45 @@ class Refusal(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """What a client asked for when it connected."""
+
+    filter: Filter = EVERYTHING
+    tail: int = 0
+    since: dict[Partition, int] | None = None
+
+    @classmethod
+    def from_query_string(cls, query_string: str, max_tail: int) -> Subscription:
+        query = parse_qs(query_string, keep_blank_values=False)
+        try:
+            wanted = Filter.from_query(query)
+        except FilterError as exc:
+            raise Refusal("400 Bad Request", str(exc)) from None
+        tail = 0
+        if "tail" in query:
+            raw = query["tail"][-1]
+            if not raw.isdigit() or int(raw) > max_tail:
+                raise Refusal("400 Bad Request", f"tail must be a whole number from 0 to {max_tail}")
+            tail = int(raw)
+        since = None
+        if "since" in query:
+            try:
+                since = parse_positions(query["since"][-1])
+            except ValueError:
+                raise Refusal("400 Bad Request", "since must be topic:partition:offset[,...]") from None
+        return cls(wanted, tail, since)
+
+
+SUBSCRIPTION_KEY = "logger.subscription"  # where admit() leaves the parsed request in the environ
+
+
 class Hub:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._clients: set[WebSocketClient] = set()
+        self._groups: dict[Filter, set[WebSocketClient]] = {}
+        self.ring = ReplayRing(settings.replay_records, settings.replay_bytes)
         self.counters: Counter[str] = Counter()
         self.accepting = True
 
@@ -75,17 +120,56 @@ class Hub:
         if len(self._clients) >= self.settings.max_clients:
             self.counters["refused_full"] += 1
             raise Refusal("503 Service Unavailable", f"this worker already has {len(self._clients)} clients")
+        try:
+            environ[SUBSCRIPTION_KEY] = Subscription.from_query_string(environ.get("QUERY_STRING", ""),
+                                                                       self.settings.replay_records)
+        except Refusal:
+            self.counters["refused_bad_request"] += 1
+            raise
 
-    def attach(self, client: WebSocketClient, initial: bytes = b"") -> None:
-        """Register an admitted client and start reading from it; returns at once."""
+    def attach(self, client: WebSocketClient, subscription: Subscription | None = None,
+               initial: bytes = b"") -> None:
+        """Greet an admitted client, replay what it asked for, and make it live.
+
+        Replay and registration happen without a yield, so the first live batch
+        it gets is the one after the last replayed record: no gap, no duplicate.
+        """
+        subscription = subscription or Subscription()
         client.send(encode_message({
             "type": "hello", "server": "logger-service", "version": logger.__version__,
             "topic": self.settings.kafka_topic, "worker": os.getpid(),
-            "ping_interval_s": self.settings.ping_interval_s,
+            "ping_interval_s": self.settings.ping_interval_s, "positions": self.ring.positions(),
+            "filter": subscription.filter.describe(),
         }), droppable=False)
+        if subscription.since is not None:
+            replay, gaps = self.ring.since(subscription.filter, subscription.since)
+            if gaps:
+                client.send(encode_message({"type": "gap", "partitions": [g.as_dict() for g in gaps]}),
+                            droppable=False)
+        else:
+            replay = self.ring.tail(subscription.filter, subscription.tail) if subscription.tail else []
+        if replay:
+            client.send(_logs_frame([r.to_client() for r in replay], replay=True), droppable=False)
         self._clients.add(client)
+        self._join(client, subscription.filter)
         self.counters["connections"] += 1
-        client.start(self._on_message, self._clients.discard, initial)
+        client.start(self._on_message, self._detach, initial)
+
+    def _join(self, client: WebSocketClient, wanted: Filter) -> None:
+        self._leave(client)
+        client.subscription = wanted
+        self._groups.setdefault(wanted, set()).add(client)
+
+    def _leave(self, client: WebSocketClient) -> None:
+        members = self._groups.get(client.subscription)
+        if members is not None:
+            members.discard(client)
+            if not members:
+                del self._groups[client.subscription]
+
+    def _detach(self, client: WebSocketClient) -> None:
+        self._clients.discard(client)
+        self._leave(client)
 
     def _on_message(self, client: WebSocketClient, text: str) -> None:
         # Runs in gevent's hub (an I/O callback): answer with non-blocking sends only.
@@ -93,31 +177,51 @@ class Hub:
             message = orjson.loads(text)
         except orjson.JSONDecodeError:
             message = None
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            client.send(encode_message({"type": "error", "error": "messages must be JSON objects with a type"}),
-                        droppable=False)
-            return
-        if message["type"] == "ping":
-            client.send(encode_message({"type": "pong"}), droppable=False)
-        else:
-            client.send(encode_message({"type": "error", "error": f"unknown message type {message['type']!r}"}),
-                        droppable=False)
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "subscribe":
+            try:
+                wanted = Filter.from_message(message)
+            except FilterError as exc:
+                return self._reply(client, {"type": "error", "error": str(exc)})
+            self._join(client, wanted)
+            return self._reply(client, {"type": "subscribed", "filter": wanted.describe()})
+        if kind == "pause":
+            client.pause()
+            return self._reply(client, {"type": "paused"})
+        if kind == "resume":
+            self._reply(client, {"type": "resumed"})
+            return client.resume()
+        if kind == "ping":
+            return self._reply(client, {"type": "pong"})
+        error = f"unknown message type {kind!r}" if isinstance(kind, str) else \
+            "messages must be JSON objects with a type"
+        self._reply(client, {"type": "error", "error": error})
+
+    @staticmethod
+    def _reply(client: WebSocketClient, message: dict[str, Any]) -> None:
+        client.send(encode_message(message), droppable=False)
 
     # -- fan-out --------------------------------------------------------------------
 
     def publish(self, records: Sequence[LogRecord]) -> None:
-        """Send one batch to every client: encoded once, one non-blocking send each."""
+        """Send one batch to every client: one encoding per filter, one non-blocking send each."""
         if not records:
             return
+        records = list(records)
+        self.ring.add(records)
         self.counters["batches"] += 1
-        if not self._clients:
-            return
-        frame = encode_frame(orjson.dumps({"type": "logs", "records": [r.to_client() for r in records]}))
-        clients = tuple(self._clients)
-        for client in clients:
-            client.send(frame)
-        self.counters["records_delivered"] += len(records) * len(clients)
-        self.counters["bytes_sent"] += len(frame) * len(clients)
+        as_dicts: list[dict[str, Any]] | None = None
+        for wanted, members in tuple(self._groups.items()):
+            chosen = None if wanted.everything else [i for i, r in enumerate(records) if wanted.matches(r)]
+            if chosen == []:
+                continue
+            if as_dicts is None:
+                as_dicts = [r.to_client() for r in records]
+            frame = _logs_frame(as_dicts if chosen is None else [as_dicts[i] for i in chosen])
+            for client in tuple(members):
+                client.send(frame)
+            self.counters["records_delivered"] += len(records if chosen is None else chosen) * len(members)
+            self.counters["bytes_sent"] += len(frame) * len(members)
 
     # -- keepalive and shutdown -----------------------------------------------------
 
@@ -138,7 +242,7 @@ class Hub:
                 next_ping = now + interval
             silent_since = now - 2 * interval
             for client in tuple(self._clients):
-                if client.last_seen < silent_since:
+                if client.last_seen < silent_since and not client.closing:
                     self.counters["closed_unresponsive"] += 1
                     client.close(INTERNAL_ERROR, "keepalive ping timeout")
                 elif pinging:
@@ -157,3 +261,10 @@ class Hub:
         for client in tuple(self._clients):
             client.abort()
 
+
+
+def _logs_frame(records: list[dict[str, Any]], replay: bool = False) -> bytes:
+    message: dict[str, Any] = {"type": "logs", "records": records}
+    if replay:
+        message["replay"] = True
+    return encode_frame(orjson.dumps(message))

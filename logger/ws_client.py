@@ -81,7 +81,7 @@ class WebSocketClient:
     __slots__ = ("sock", "_raw", "address", "max_pending", "max_message_bytes", "stall_timeout_s",
                  "_pending", "_pending_bytes", "_writer", "dropped", "closing", "closed",
                  "last_seen", "last_progress", "_inbox", "_fragments", "_discarding", "_watcher",
-                 "_on_text", "_on_close", "__weakref__")
+                 "_on_text", "_on_close", "_held", "_held_bytes", "subscription", "__weakref__")
 
     def __init__(self, sock: socket.socket, address: str = "", *, max_pending: int = 4 << 20,
                  max_message_bytes: int = 64 << 10, stall_timeout_s: float = 30.0) -> None:
@@ -107,6 +107,9 @@ class WebSocketClient:
         self._watcher: Any = None
         self._on_text: Callable[[WebSocketClient, str], None] | None = None
         self._on_close: Callable[[WebSocketClient], None] | None = None
+        self._held: deque[bytes] | None = None  # batches kept while the client paused
+        self._held_bytes = 0
+        self.subscription: Any = None  # what the hub filters for this client
 
     def start(self, on_text: Callable[[WebSocketClient, str], None],
               on_close: Callable[[WebSocketClient], None], initial: bytes = b"") -> None:
@@ -127,9 +130,33 @@ class WebSocketClient:
     def pending_bytes(self) -> int:
         return self._pending_bytes
 
+    @property
+    def paused(self) -> bool:
+        return self._held is not None
+
+    def pause(self) -> None:
+        """Hold batches (not control frames) until :meth:`resume`, within the same bound."""
+        if self._held is None:
+            self._held = deque()
+
+    def resume(self) -> None:
+        held, self._held, self._held_bytes = self._held, None, 0
+        for frame in held or ():
+            self.send(frame)
+        if self.dropped and not self._pending:  # everything held went out at once
+            self.send(encode_message({"type": "dropped", "count": self.dropped}), droppable=False)
+            self.dropped = 0
+
     def send(self, frame: bytes, droppable: bool = True) -> None:
         """Queue one encoded frame; drop old batches rather than grow past the bound."""
         if self.closing or self.closed:
+            return
+        if droppable and self._held is not None:
+            self._held.append(frame)
+            self._held_bytes += len(frame)
+            while self._held_bytes > self.max_pending and len(self._held) > 1:
+                self._held_bytes -= len(self._held.popleft())
+                self.dropped += 1
             return
         if self._pending:
             self._pending.append((frame, droppable))
@@ -307,7 +334,7 @@ class WebSocketClient:
             self._watcher = None
         if self._writer is not None and self._writer is not gevent.getcurrent():
             self._writer.kill(block=False)
-        self._pending, self._inbox, self._fragments = None, b"", None
+        self._pending, self._inbox, self._fragments, self._held = None, b"", None, None
         try:
             self.sock.close()
         except OSError:

@@ -173,3 +173,24 @@ def test_frames_split_across_reads_and_bytes_read_before_the_upgrade_handed_over
     assert received == ["first", "second" * 30]
     server.close()
     peer.close()
+
+
+def test_pause_holds_batches_within_the_bound_and_resume_tells_what_was_lost(pair):
+    client, peer = pair  # max_pending 64 KiB
+    client.pause()
+    batch = encode_frame(b"p" * 8192)
+    for _ in range(20):  # 160 KiB while paused
+        client.send(batch)
+    client.send(encode_frame(b"control"), droppable=False)  # control traffic still flows
+    assert read_frame(peer) == (OP_TEXT, b"control")
+    assert client.dropped > 0
+    lost = client.dropped
+    client.resume()
+    frames = []
+    with gevent.Timeout(5):
+        while True:
+            frames.append(read_frame(peer))
+            if frames[-1][1].startswith(b'{"type":"dropped"'):
+                break
+    assert orjson.loads(frames[-1][1]) == {"type": "dropped", "count": lost}
+    assert len(frames) - 1 + lost == 20

@@ -1,0 +1,156 @@
+"""What a ``/ws`` client asked to see: a filter over LogRecords, as pure logic.
+
+A filter comes from the upgrade's query string (``?level=warn&service=orders``)
+or a later ``{"type":"subscribe", ...}`` message, and is immutable and
+hashable: the hub groups clients by filter, so clients that asked for the
+same thing share one encoding of each batch. Bad input raises
+:class:`FilterError` with a reason fit to show the client.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from logger.records import _LEVELS, LEVEL_NAMES, LogRecord
+
+MAX_TEXT = 200
+MAX_SERVICES = 20
+MAX_ATTRIBUTES = 10
+ATTRIBUTE_PREFIX = "attr."
+
+
+class FilterError(ValueError):
+    """A filter the client must fix; ``str()`` is the reason."""
+
+
+@dataclass(frozen=True)
+class Filter:
+    min_severity: int = 0
+    services: frozenset[str] = frozenset()
+    text: str = ""  # case-insensitive substring of the message
+    regex: re.Pattern[str] | None = field(default=None, compare=False)
+    pattern: str = ""  # the regex's source: what equality and hashing use
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def everything(self) -> bool:
+        return self == EVERYTHING
+
+    def matches(self, record: LogRecord) -> bool:
+        if self.min_severity and record.severity_number < self.min_severity:
+            return False
+        if self.services and record.service not in self.services:
+            return False
+        if self.text and self.text not in record.message.lower():
+            return False
+        if self.regex is not None and not self.regex.search(record.message):
+            return False
+        return all(_attribute_text(record.attributes, path) == value for path, value in self.attributes)
+
+    def describe(self) -> dict[str, Any]:
+        """The filter as the client sees it in ``subscribed``."""
+        out: dict[str, Any] = {}
+        if self.min_severity:
+            out["level"] = next(name for name in LEVEL_NAMES if _LEVELS[name][0] == self.min_severity)
+        if self.services:
+            out["service"] = sorted(self.services)
+        if self.text:
+            out["q"] = self.text
+        if self.pattern:
+            out["regex"] = self.pattern
+        if self.attributes:
+            out["attributes"] = dict(self.attributes)
+        return out
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, list[str]]) -> Filter:
+        """From parsed query parameters: ``level``, ``service`` (repeated or comma-separated),
+        ``q``, ``regex`` and ``attr.<path>=<value>``."""
+        attributes = {key[len(ATTRIBUTE_PREFIX):]: values[-1] for key, values in query.items()
+                      if key.startswith(ATTRIBUTE_PREFIX)}
+        services = [part for value in query.get("service", []) for part in value.split(",")]
+        return cls.build(level=_last(query, "level"), services=services, text=_last(query, "q"),
+                         regex=_last(query, "regex"), attributes=attributes)
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> Filter:
+        """From a ``subscribe`` message: the same names, ``service`` as a string or a list,
+        ``attributes`` as an object."""
+        service = message.get("service", [])
+        services = [service] if isinstance(service, str) else service
+        attributes = message.get("attributes", {})
+        if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
+            raise FilterError("service must be a string or a list of strings")
+        if not isinstance(attributes, dict):
+            raise FilterError("attributes must be an object of path: value")
+        for name in ("level", "q", "regex"):
+            if message.get(name) is not None and not isinstance(message[name], str):
+                raise FilterError(f"{name} must be a string")
+        return cls.build(level=message.get("level"), services=services, text=message.get("q"),
+                         regex=message.get("regex"), attributes={str(k): v for k, v in attributes.items()})
+
+    @classmethod
+    def build(cls, *, level: str | None, services: Iterable[str], text: str | None, regex: str | None,
+              attributes: Mapping[str, Any]) -> Filter:
+        min_severity = 0
+        if level:
+            if level.lower() not in LEVEL_NAMES:
+                raise FilterError(f"unknown level {level!r}: use one of {', '.join(LEVEL_NAMES)}")
+            min_severity = _LEVELS[level.lower()][0]
+        chosen = frozenset(s.strip() for s in services if s.strip())
+        if len(chosen) > MAX_SERVICES:
+            raise FilterError(f"at most {MAX_SERVICES} services")
+        if any(len(s) > MAX_TEXT for s in chosen):
+            raise FilterError(f"a service name is longer than {MAX_TEXT} characters")
+        for name, value in (("q", text), ("regex", regex)):
+            if value and len(value) > MAX_TEXT:
+                raise FilterError(f"{name} is longer than {MAX_TEXT} characters")
+        compiled = None
+        if regex:
+            try:
+                compiled = re.compile(regex)
+            except re.error as exc:
+                raise FilterError(f"invalid regex: {exc}") from None
+        if len(attributes) > MAX_ATTRIBUTES:
+            raise FilterError(f"at most {MAX_ATTRIBUTES} attribute conditions")
+        pairs = []
+        for path, value in attributes.items():
+            if not path or len(path) > MAX_TEXT or value is None or isinstance(value, (dict, list)) \
+                    or len(str(value)) > MAX_TEXT:
+                raise FilterError(f"bad attribute condition {path!r}: use attr.<path>=<value>")
+            pairs.append((path, _scalar_text(value)))
+        return cls(min_severity=min_severity, services=chosen, text=(text or "").lower(), regex=compiled,
+                   pattern=regex or "", attributes=tuple(sorted(pairs)))
+
+
+EVERYTHING = Filter()
+
+
+def _last(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
+def _scalar_text(value: Any) -> str:
+    """Attribute values compare as text: ``attr.code=500`` matches 500 and "500"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _attribute_text(attributes: dict[str, Any], path: str) -> str | None:
+    """``user.id`` finds ``{"user": {"id": 7}}`` and also a flat ``{"user.id": 7}``."""
+    if path in attributes:
+        value = attributes[path]
+    else:
+        value = attributes
+        for part in path.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return None
+            value = value[part]
+    if isinstance(value, (dict, list)) or value is None:
+        return None
+    return _scalar_text(value)

@@ -1,0 +1,181 @@
+"""Filters, the replay ring, and the hub's fan-out by filter (with fake clients)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from logger.config import Settings
+from logger.filters import EVERYTHING, Filter, FilterError
+from logger.hub import Hub, Refusal, Subscription
+from logger.records import decode
+from logger.replay import ReplayRing, parse_positions
+
+
+def rec(offset: int, level: str = "info", service: str = "api", message: str = "hello", partition: int = 0,
+        **attrs):
+    value = json.dumps({"level": level, "service": service, "message": message, **attrs}).encode()
+    return decode(value, topic="logs", partition=partition, offset=offset)
+
+
+def test_query_filters():
+    f = Filter.from_query({"level": ["warn"], "service": ["api,web", "db"], "q": ["Timeout"],
+                           "regex": [r"user \d+"], "attr.http.status": ["500"]})
+    assert f.describe() == {"level": "warn", "service": ["api", "db", "web"], "q": "timeout",
+                            "regex": r"user \d+", "attributes": {"http.status": "500"}}
+    good = rec(1, "error", "web", "TIMEOUT for user 42", http={"status": 500})
+    assert f.matches(good)
+    assert not f.matches(rec(2, "info", "web", "TIMEOUT for user 42", http={"status": 500}))
+    assert not f.matches(rec(3, "error", "other", "TIMEOUT for user 42", http={"status": 500}))
+    assert not f.matches(rec(4, "error", "web", "TIMEOUT for user x", http={"status": 500}))
+    assert not f.matches(rec(5, "error", "web", "TIMEOUT for user 42", http={"status": 404}))
+    assert not f.matches(rec(6, "error", "web", "fine for user 42", http={"status": 500}))
+
+
+def test_unknown_levels_pass_only_without_a_minimum():
+    plain = decode(b"not json", topic="logs", partition=0, offset=1)
+    assert EVERYTHING.matches(plain)
+    assert not Filter.build(level="debug", services=(), text=None, regex=None, attributes={}).matches(plain)
+
+
+def test_equal_filters_are_one_group():
+    a = Filter.from_query({"level": ["warn"], "service": ["b,a"]})
+    b = Filter.from_message({"type": "subscribe", "level": "warn", "service": ["a", "b"]})
+    assert a == b and hash(a) == hash(b)
+    assert Filter.from_query({"regex": ["x+"]}) == Filter.from_query({"regex": ["x+"]})
+
+
+@pytest.mark.parametrize("query, reason", [
+    ({"level": ["loud"]}, "unknown level"),
+    ({"regex": ["(unclosed"]}, "invalid regex"),
+    ({"q": ["x" * 201]}, "longer than"),
+    ({"service": [",".join(f"s{i}" for i in range(21))]}, "at most 20"),
+])
+def test_bad_filters_say_why(query, reason):
+    with pytest.raises(FilterError, match=reason):
+        Filter.from_query(query)
+
+
+@pytest.mark.parametrize("query", ["level=loud", "tail=-1", "tail=x", "since=garbage", "regex=%28"])
+def test_bad_upgrade_queries_are_refused_with_400(query):
+    with pytest.raises(Refusal) as refused:
+        Subscription.from_query_string(query, 1000)
+    assert refused.value.status == "400 Bad Request"
+
+
+def test_ring_tail_since_and_gaps():
+    ring = ReplayRing(max_records=5, max_bytes=1 << 20)
+    ring.add([rec(i, "error" if i % 2 else "info") for i in range(10)])  # keeps offsets 5..9
+    assert [r.offset for r in ring.tail(EVERYTHING, 3)] == [7, 8, 9]
+    errors = Filter.from_query({"level": ["error"]})
+    assert [r.offset for r in ring.tail(errors, 10)] == [5, 7, 9]
+    assert ring.positions() == ["logs:0:9"]
+    missed, gaps = ring.since(EVERYTHING, {("logs", 0): 6})
+    assert [r.offset for r in missed] == [7, 8, 9] and gaps == []
+    missed, gaps = ring.since(EVERYTHING, {("logs", 0): 2})
+    assert [r.offset for r in missed] == [5, 6, 7, 8, 9]
+    assert [g.as_dict() for g in gaps] == [{"topic": "logs", "partition": 0, "from": 3, "to": 4}]
+    assert ring.since(EVERYTHING, {("logs", 0): 9}) == ([], [])
+
+
+def test_ring_is_bounded_by_bytes():
+    ring = ReplayRing(max_records=1000, max_bytes=3000)
+    ring.add([rec(i, message="x" * 800) for i in range(20)])
+    assert 1 <= len(ring) <= 3
+
+
+def test_positions_parse():
+    assert parse_positions("logs:0:41, logs:2:7") == {("logs", 0): 41, ("logs", 2): 7}
+    for bad in ("logs:0", "logs:x:1", ":0:1"):
+        with pytest.raises(ValueError):
+            parse_positions(bad)
+
+
+class FakeClient:
+    """Records what the hub sends; stands in for a WebSocketClient."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.subscription = None
+        self.closing = False
+
+    def send(self, frame: bytes, droppable: bool = True) -> None:
+        self.frames.append(frame)
+
+    def start(self, on_text, on_close, initial=b"") -> None:
+        self.on_text, self.on_close = on_text, on_close
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def messages(self) -> list[dict]:
+        out = []
+        for frame in self.frames:
+            length = frame[1] & 0x7F
+            offset = 2 if length < 126 else 4 if length == 126 else 10
+            out.append(json.loads(frame[offset:]))
+        return out
+
+    def offsets(self) -> list[int]:
+        return [r["offset"] for m in self.messages() if m["type"] == "logs" for r in m["records"]]
+
+
+def test_hub_encodes_once_per_filter_and_switches_filters_between_batches():
+    hub = Hub(Settings())
+    everyone = [FakeClient(), FakeClient()]
+    errors_only = [FakeClient(), FakeClient()]
+    for client in everyone:
+        hub.attach(client)
+    for client in errors_only:
+        hub.attach(client, Subscription(Filter.from_query({"level": ["error"]})))
+    hub.publish([rec(0, "info"), rec(1, "error"), rec(2, "info")])
+    assert everyone[0].frames[-1] is everyone[1].frames[-1], "one encoding shared by the group"
+    assert errors_only[0].frames[-1] is errors_only[1].frames[-1]
+    assert everyone[0].offsets() == [0, 1, 2] and errors_only[0].offsets() == [1]
+
+    switching = everyone[0]
+    switching.on_text(switching, '{"type":"subscribe","level":"error"}')
+    assert switching.messages()[-1] == {"type": "subscribed", "filter": {"level": "error"}}
+    assert switching.frames[-1] is not None
+    hub.publish([rec(3, "info"), rec(4, "error")])
+    assert switching.offsets() == [0, 1, 2, 4]
+    assert everyone[1].offsets() == [0, 1, 2, 3, 4]
+    assert switching.frames[-1] is errors_only[0].frames[-1], "it joined the errors group"
+
+
+def test_hub_replays_the_tail_then_goes_live_without_gap_or_duplicate():
+    hub = Hub(Settings())
+    hub.publish([rec(i) for i in range(10)])
+    late = FakeClient()
+    hub.attach(late, Subscription(tail=4))
+    hello, replay = late.messages()
+    assert hello["type"] == "hello" and hello["positions"] == ["logs:0:9"]
+    assert replay["replay"] is True
+    hub.publish([rec(10), rec(11)])
+    assert late.offsets() == [6, 7, 8, 9, 10, 11]
+
+
+def test_hub_resume_reports_a_gap_when_the_ring_lost_records():
+    hub = Hub(Settings(replay_records=3))
+    hub.publish([rec(i) for i in range(10)])
+    client = FakeClient()
+    hub.attach(client, Subscription(since={("logs", 0): 4}))
+    hello, gap, replay = client.messages()
+    assert gap == {"type": "gap", "partitions": [{"topic": "logs", "partition": 0, "from": 5, "to": 6}]}
+    assert [r["offset"] for r in replay["records"]] == [7, 8, 9]
+
+
+def test_client_messages_get_answers():
+    hub = Hub(Settings())
+    client = FakeClient()
+    hub.attach(client)
+    for text, reply in [('{"type":"ping"}', {"type": "pong"}), ('{"type":"pause"}', {"type": "paused"}),
+                        ('{"type":"resume"}', {"type": "resumed"}),
+                        ('{"type":"subscribe","regex":"("}', "invalid regex"),
+                        ('{"type":"dance"}', "unknown message type 'dance'"),
+                        ("not json", "messages must be JSON objects with a type")]:
+        client.on_text(client, text)
+        last = client.messages()[-1]
+        assert last == reply if isinstance(reply, dict) else (last["type"] == "error" and reply in last["error"])
