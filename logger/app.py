@@ -23,6 +23,7 @@ from flask_cors import CORS
 import logger
 from logger.config import Settings
 from logger.hub import SUBSCRIPTION_KEY, WS_PATH
+from logger.ingest import ingest_blueprint
 from logger.service import LogService
 from logger.ws_client import WebSocketClient
 
@@ -51,6 +52,8 @@ def create_app(settings: Settings | None = None, service: LogService | None = No
         return jsonify(error="this endpoint speaks WebSocket: send an Upgrade request"), 426, {
             "Upgrade": "websocket"}
 
+    if settings.ingest_token:
+        app.register_blueprint(ingest_blueprint(settings.ingest_token))
     app.wsgi_app = WebSocketRoute(app.wsgi_app, service)  # type: ignore[method-assign]
     return app
 

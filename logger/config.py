@@ -63,6 +63,7 @@ class Settings:
     ping_interval_s: float = 25.0
     retry_backoff_max_s: float = 30.0
     log_level: str = "info"
+    ingest_token: str | None = field(default=None, repr=False)
 
     @property
     def kafka_sasl(self) -> bool:
@@ -120,6 +121,8 @@ class Settings:
             ping_interval_s=env.number("WS_PING_INTERVAL_S", 25, 0.1, 3600),
             retry_backoff_max_s=env.number("EXPORT_RETRY_MAX_S", 30, 0.1, 3600),
             log_level=env.choice("LOG_LEVEL", LOG_LEVELS, "info"),
+            ingest_token=env.parse("INGEST_TOKEN", None, _token, "at least 16 characters without spaces",
+                                   secret=True),
         )
 
 
@@ -133,14 +136,15 @@ class _Env:
         value = self._environ.get(name, "").strip()
         return value or None
 
-    def parse(self, name: str, default: T, parser: Callable[[str], T], form: str) -> T:
+    def parse(self, name: str, default: T, parser: Callable[[str], T], form: str, secret: bool = False) -> T:
         raw = self.text(name)
         if raw is None:
             return default
         try:
             return parser(raw)
         except ValueError:
-            raise ConfigError(f"{name}={raw!r} is invalid: expected {form}") from None
+            shown = "<not shown>" if secret else repr(raw)
+            raise ConfigError(f"{name}={shown} is invalid: expected {form}") from None
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         def parse(raw: str) -> int:
@@ -175,6 +179,12 @@ class _Env:
 
 def _raise(raw: str) -> T:  # type: ignore[type-var]
     raise ValueError(raw)
+
+
+def _token(raw: str) -> str:
+    if len(raw) < 16 or any(c.isspace() for c in raw):
+        raise ValueError("token")
+    return raw
 
 
 def _brokers(raw: str) -> tuple[str, ...]:

@@ -41,13 +41,12 @@ from logger.status import DEGRADED, OK, STARTING, STOPPED, ComponentStatus
 log = logging.getLogger(__name__)
 
 
-def consumer_config(settings: Settings, role: str) -> dict[str, Any]:
-    """kafka-python settings shared by both readers: brokers and security."""
+def connection_config(settings: Settings, role: str) -> dict[str, Any]:
+    """kafka-python settings every client of ours shares: brokers and security."""
     config: dict[str, Any] = {
         "bootstrap_servers": list(settings.kafka_brokers),
         "client_id": f"logger-service-{role}-{os.getpid()}",
         "security_protocol": settings.kafka_security_protocol,
-        "enable_auto_commit": False,
         "bootstrap_timeout_ms": 10_000,
         "reconnect_backoff_max_ms": 5_000,
     }
@@ -58,6 +57,10 @@ def consumer_config(settings: Settings, role: str) -> dict[str, Any]:
     if settings.kafka_ca_file:
         config["ssl_cafile"] = settings.kafka_ca_file
     return config
+
+
+def consumer_config(settings: Settings, role: str) -> dict[str, Any]:
+    return {**connection_config(settings, role), "enable_auto_commit": False}
 
 
 class _KafkaClientLog(logging.Handler):

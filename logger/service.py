@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import gevent
@@ -22,6 +23,7 @@ from gevent.event import Event
 import logger
 from logger.config import Settings
 from logger.hub import Hub
+from logger.kafka_sink import KafkaPublisher
 from logger.kafka_source import ForwardReader, TailReader
 from logger.otlp import OtlpSink
 from logger.status import DEGRADED, DISABLED, IDLE, OK, STARTING, ComponentStatus
@@ -43,6 +45,7 @@ class LogService:
         self._readers: list[gevent.Greenlet] = []
         self._keepalive: gevent.Greenlet | None = None
         self._sink: OtlpSink | None = None
+        self._publisher: KafkaPublisher | None = None
         self._started = False
         self._stopping = False
         self._stopped = Event()
@@ -63,6 +66,17 @@ class LogService:
         log.info("pipeline started: topic %r, brokers %s, tail %s, forward %s to %s", settings.kafka_topic,
                  ",".join(settings.kafka_brokers), "on" if settings.tail_enabled else "off",
                  "on" if settings.forward_enabled else "off", settings.otlp_endpoint)
+
+    def publish(self, values: Iterable[Any]) -> int:
+        """Put records on the Kafka topic (objects become JSON), waiting for the broker's acks.
+
+        The public way for other Flask code to add logs: like any record, they
+        reach every client of every worker and replica, and the collector.
+        Raises ``PublishError`` if Kafka did not take them.
+        """
+        if self._publisher is None:
+            self._publisher = KafkaPublisher(self.settings)
+        return self._publisher.publish(values)
 
     def stop(self, timeout: float = 20.0) -> None:
         """Drain and close within ``timeout`` seconds. Safe to call more than once:
@@ -93,6 +107,8 @@ class LogService:
             self._sink.shutdown()
         if self._keepalive is not None:
             self._keepalive.kill(block=False)
+        if self._publisher is not None:
+            self._publisher.close()
         self.hub.close_all(timeout=max(min(deadline - time.monotonic(), 2.0), 0.1))
         log.info("drained in %.2fs", timeout - (deadline - time.monotonic()))
 

@@ -71,6 +71,7 @@ def test_frontend_origins_are_normalised():
     ({"TAIL_ENABLED": "maybe"}, "TAIL_ENABLED"),
     ({"KAFKA_SSL_CA_FILE": "/nonexistent.pem"}, "KAFKA_SSL_CA_FILE"),
     ({"TAIL_BATCH_INTERVAL_MS": "0"}, "TAIL_BATCH_INTERVAL_MS"),
+    ({"INGEST_TOKEN": "hidden short"}, "INGEST_TOKEN=<not shown>"),
 ])
 def test_bad_values_name_the_variable_in_one_line(env, names):
     with pytest.raises(ConfigError) as caught:

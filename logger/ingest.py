@@ -1,0 +1,43 @@
+"""``POST /api/logs``: accept log records over HTTP and publish them to the Kafka topic.
+
+Mounted by ``create_app`` only when ``INGEST_TOKEN`` is set, and protected by
+it as a bearer token. The body is one JSON object or an array of them (or of
+strings); the answer is 202 once Kafka acknowledged every record. It is also
+the worked example of the public API for teams that add their own routes:
+``service_of(app).publish([...])``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+MAX_RECORDS = 1000
+
+
+def ingest_blueprint(token: str) -> Blueprint:
+    blueprint = Blueprint("ingest", __name__)
+
+    @blueprint.post("/api/logs")
+    def post_logs() -> Any:
+        from logger.app import service_of  # the app module imports this one
+        from logger.kafka_sink import PublishError
+
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return jsonify(error="missing or wrong bearer token"), 401, {"WWW-Authenticate": "Bearer"}
+        body = request.get_json(silent=True)
+        records = body if isinstance(body, list) else [body]
+        if body is None or not records or not all(isinstance(r, (dict, str)) for r in records):
+            return jsonify(error="send a JSON object, or an array of objects or strings"), 400
+        if len(records) > MAX_RECORDS:
+            return jsonify(error=f"at most {MAX_RECORDS} records per request"), 413
+        try:
+            accepted = service_of(current_app).publish(records)
+        except PublishError as exc:
+            return jsonify(error=str(exc)), 503
+        return jsonify(accepted=accepted), 202
+
+    return blueprint
