@@ -32,8 +32,10 @@ backlog = 4096
 # a share of them for the collector (the forward path): see "Scaling" in the README.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_class = "logger.gunicorn_worker.Worker"
-# Every WebSocket holds one of these for its lifetime; leave room for HTTP
-# requests (/health must answer while the worker is full of clients).
+# Concurrent connections gevent's pool serves. An upgraded WebSocket leaves the
+# pool once the hub owns it (logger.app.WebSocketRoute), so this bounds HTTP
+# requests and upgrades in progress; the WebSocket cap is WS_MAX_CLIENTS. It is
+# still sized for a reconnect storm of every client at once.
 worker_connections = settings.max_clients + 1000
 timeout = 30
 # SIGTERM → drain: flush batches, commit offsets, close clients with 1001.

@@ -8,9 +8,11 @@ the session's real Kafka and collector (fixtures in ``tests/conftest.py``).
 
 from __future__ import annotations
 
+import base64
 import difflib
 import http.client
 import json
+import os
 import re
 import threading
 import time
@@ -277,10 +279,17 @@ def test_websocket_through_nginx_streams_records(behind_nginx: Callable[..., Sta
 
 def test_foreign_origin_upgrade_is_refused_through_nginx(behind_nginx: Callable[..., Stack]) -> None:
     stack = behind_nginx()
-    sock, status, rest = handshake("127.0.0.1", stack.nginx.port, origin=FOREIGN_ORIGIN)
-    sock.close()
-    assert status == 403
-    assert FOREIGN_ORIGIN.encode() in rest and b"not allowed" in rest  # the service's refusal, passed on
+    conn = http.client.HTTPConnection("127.0.0.1", stack.nginx.port, timeout=10)
+    try:
+        conn.request("GET", "/ws", headers={
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), "Origin": FOREIGN_ORIGIN})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == 403
+    assert FOREIGN_ORIGIN.encode() in body and b"not allowed" in body  # the service's refusal, passed on
     sock, status, _ = handshake("127.0.0.1", stack.nginx.port, origin=ALLOWED_ORIGIN)
     sock.close()
     assert status == 101
