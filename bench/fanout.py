@@ -25,6 +25,7 @@ Everything binds to 127.0.0.1; every loop is bounded in count and time.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import forward
-from bench.procstat import CpuMeter, make_record, raise_nofile, rss_kb, wait_rss_stable
+from bench.procstat import CpuMeter, MachineMeter, make_record, raise_nofile, rss_kb, wait_rss_stable
 from devstack.kafka import KafkaBroker
 from devstack.ports import free_port
 from devstack.service import ServiceProcess
@@ -152,6 +153,12 @@ def _get_json(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
         return None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the benchmark dies (no orphaned peer)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Ours:
     """logger-service under Gunicorn, one worker, tail path only."""
 
@@ -202,7 +209,7 @@ class Peer:
     def launch(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
 
     def health(self) -> dict[str, Any] | None:
@@ -347,19 +354,56 @@ def scenario_idle(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
     return raw, rows
 
 
+class HealthProbe:
+    """Times ``GET /health`` every half second while a measurement runs (a starved server answers late)."""
+
+    def __init__(self, srv: Server, every: float = 0.5) -> None:
+        self.srv = srv
+        self.every = every
+        self.times_ms: list[float] = []
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            began = time.monotonic()
+            if self.srv.health() is None:  # no answer within 2 s
+                self.failed += 1
+            else:
+                self.times_ms.append((time.monotonic() - began) * 1000)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def summary(self) -> dict[str, Any]:
+        t = sorted(self.times_ms)
+        return {"n": len(t), "failed_2s": self.failed, "median": round(t[len(t) // 2], 1) if t else None,
+                "max": round(t[-1], 1) if t else None}
+
+
 def _measure(ctx: Context, srv: Server, seconds: float, group: str = "normal") -> dict[str, Any]:
     """Counters of the clients and CPU of the server, client process and broker over ``seconds``."""
     meters = {"server": CpuMeter(srv.pid), "clients": CpuMeter(ctx.clients.pid)}
     broker_pid = ctx.kafka._proc.pid if ctx.kafka._proc else None  # noqa: SLF001 - read-only use
     if broker_pid:
         meters["broker"] = CpuMeter(broker_pid)
+    machine = MachineMeter()
     ctx.clients.call("stats", reset=True)
     for m in meters.values():
         m.start()
+    machine.start()
     rss0 = rss_kb(srv.pid)
-    time.sleep(seconds)
+    with HealthProbe(srv) as health:
+        time.sleep(seconds)
     stats = ctx.clients.call("stats", reset=True)
     cpu = {name: m.stop() for name, m in meters.items()}
+    cpu["machine_busy_percent"] = machine.stop()
     g = stats[group]
     window = g["now"] - g["since"]
     out = {"window_seconds": round(window, 3), "deliveries": g["messages"],
@@ -369,7 +413,7 @@ def _measure(ctx: Context, srv: Server, seconds: float, group: str = "normal") -
            "per_client_messages": g["per_client_messages"], "other_messages": g["other"],
            "close_codes": g["close_codes"], "lost": g["lost"], "open": g["open"],
            "server_cpu_percent": cpu["server"]["cpu_percent"], "cpu": cpu,
-           "rss_start_kb": rss0, "rss_end_kb": rss_kb(srv.pid), "groups": stats}
+           "rss_start_kb": rss0, "rss_end_kb": rss_kb(srv.pid), "health_ms": health.summary(), "groups": stats}
     cpu_s = cpu["server"]["cpu_seconds"]
     out["deliveries_per_cpu_s"] = round(g["messages"] / cpu_s, 1) if cpu_s else None
     return out
@@ -400,6 +444,7 @@ def scenario_throughput(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
                 per[side] = m
                 _say(f"{side}: {n} clients: {m['deliveries_per_s']:,.0f} deliveries/s, "
                      f"server CPU {m['server_cpu_percent']}%, clients CPU {m['cpu']['clients']['cpu_percent']}%, "
+                     f"machine {m['cpu']['machine_busy_percent']}%, /health {m['health_ms']}, "
                      f"{m['records_per_message']} records/msg, {m['bytes_per_s'] / 1e6:.0f} MB/s")
             finally:
                 ctx.clients.call("close")
@@ -409,7 +454,9 @@ def scenario_throughput(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
         rows += [row(f"fan-out {n:,} clients: deliveries/s", o["deliveries_per_s"], p["deliveries_per_s"], "/s", "higher"),
                  row(f"fan-out {n:,} clients: server CPU", o["server_cpu_percent"], p["server_cpu_percent"], "%"),
                  row(f"fan-out {n:,} clients: deliveries per CPU-second", o["deliveries_per_cpu_s"],
-                     p["deliveries_per_cpu_s"], "", "higher")]
+                     p["deliveries_per_cpu_s"], "", "higher"),
+                 row(f"fan-out {n:,} clients: slowest GET /health", o["health_ms"]["max"], p["health_ms"]["max"],
+                     "ms", "lower")]
     return raw, rows
 
 
@@ -618,6 +665,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     nofile = raise_nofile()  # Gunicorn, the peer and the clients inherit it
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # unwinds through every finally: servers stop
+    signal.signal(signal.SIGTERM, interrupted)
     sizes = QUICK if args.quick else Sizes()
     names = [s for s in SCENARIOS if not args.only or s in args.only]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-fanout-"))

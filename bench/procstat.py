@@ -63,6 +63,23 @@ class CpuMeter:
                 "cpu_percent": round(100.0 * cpu / elapsed, 1) if elapsed > 0 else 0.0}
 
 
+class MachineMeter:
+    """Busy CPU of the whole machine between :meth:`start` and :meth:`stop`, in % (200 = 2 cores busy)."""
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # all but idle and iowait; all
+
+    def start(self) -> None:
+        self._busy0, self._all0 = self._read()
+
+    def stop(self) -> float:
+        busy, total = self._read()
+        return round(100.0 * (os.cpu_count() or 1) * (busy - self._busy0) / max(total - self._all0, 1), 1)
+
+
 def wait_rss_stable(pid: int, *, interval: float = 0.5, window: int = 4, tolerance_kb: int = 256,
                     timeout: float = 30.0) -> dict[str, int | float | bool]:
     """Poll RSS until ``window`` consecutive readings lie within ``tolerance_kb``.

@@ -43,6 +43,9 @@ class Settings:
     kafka_group_id: str = "log-events-group"
     kafka_auto_offset_reset: str = "earliest"
     partition_refresh_s: float = 10.0
+    kafka_session_timeout_ms: int = 45_000
+    dead_letter_topic: str | None = None
+    max_value_bytes: int = 1 << 20
     otlp_endpoint: str = DEFAULT_OTLP_ENDPOINT
     default_service_name: str = "unknown_service"
     cors_origins: tuple[str, ...] = (
@@ -98,6 +101,10 @@ class Settings:
             kafka_group_id=env.text("KAFKA_GROUP_ID") or "log-events-group",
             kafka_auto_offset_reset=env.choice("KAFKA_AUTO_OFFSET_RESET", OFFSET_RESETS, "earliest"),
             partition_refresh_s=env.integer("KAFKA_PARTITION_REFRESH_MS", 10_000, 100, 3_600_000) / 1000,
+            kafka_session_timeout_ms=env.integer("KAFKA_SESSION_TIMEOUT_MS", 45_000, 6_000, 1_800_000),
+            dead_letter_topic=env.parse("DEAD_LETTER_TOPIC", None, _topic_name,
+                                        "1-249 characters of letters, digits, '.', '_' or '-'"),
+            max_value_bytes=env.integer("MAX_VALUE_BYTES", 1 << 20, 1024, 64 << 20),
             otlp_endpoint=_otlp_endpoint(env),
             default_service_name=env.text("OTEL_SERVICE_NAME") or "unknown_service",
             cors_origins=tuple(

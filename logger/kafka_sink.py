@@ -34,12 +34,14 @@ class KafkaPublisher:
         self.settings = settings
         self._producer: KafkaProducer | None = None
 
-    def publish(self, values: Iterable[Any], topic: str | None = None, timeout_s: float = 10.0) -> int:
+    def publish(self, values: Iterable[Any], topic: str | None = None, timeout_s: float = 10.0,
+                headers: list[tuple[str, bytes]] | None = None) -> int:
         """Send each value (a JSON-able object, or text) and wait for the broker's acks."""
         encoded = [_encode(value) for value in values]
         try:
             producer = self._producer or self._connect()
-            futures = [producer.send(topic or self.settings.kafka_topic, value) for value in encoded]
+            futures = [producer.send(topic or self.settings.kafka_topic, value, headers=headers)
+                       for value in encoded]
             for future in futures:
                 future.get(timeout=timeout_s)
         except kafka_errors.KafkaError as exc:
@@ -60,6 +62,8 @@ class KafkaPublisher:
 
 
 def _encode(value: Any) -> bytes:
+    if value is None:
+        return b""  # a tombstone dead-lettered: the producer needs bytes or a key
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):

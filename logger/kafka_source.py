@@ -129,6 +129,7 @@ class _Reader:
     """The loop both readers share; subclasses say how to open and what to do with a batch."""
 
     role = "reader"
+    keep_raw = False  # whether records keep their raw value (to dead-letter it)
 
     def __init__(self, settings: Settings, status: ComponentStatus, batcher: Batcher) -> None:
         self.settings = settings
@@ -174,7 +175,8 @@ class _Reader:
             self.status.count("records_in", len(messages))
             for message in messages:
                 record = decode(message.value, topic=tp.topic, partition=tp.partition, offset=message.offset,
-                                kafka_timestamp_ms=message.timestamp, default_service=default_service)
+                                kafka_timestamp_ms=message.timestamp, default_service=default_service,
+                                max_bytes=self.settings.max_value_bytes, keep_raw=self.keep_raw)
                 if record.malformed:
                     self.status.count("records_malformed")
                 yield record
@@ -252,12 +254,15 @@ class ForwardReader(_Reader):
     """Consumer group, manual commits after the collector accepted: feeds the OTLP sink."""
 
     role = "forward"
+    keep_raw = True
 
     def __init__(self, settings: Settings, status: ComponentStatus,
-                 export: Callable[[Sequence[LogRecord]], None], abandon: Event) -> None:
+                 export: Callable[[Sequence[LogRecord]], None], abandon: Event,
+                 dead_letter: Callable[[Sequence[LogRecord], str], None] | None = None) -> None:
         super().__init__(settings, status, Batcher(settings.forward_batch_size, settings.forward_batch_interval_s,
                                                    settings.batch_max_bytes))
         self.export = export
+        self.dead_letter = dead_letter
         # Set when shutdown runs out of time: stop retrying a failing export and
         # leave its offsets uncommitted (the next owner re-reads those records).
         self.abandon = abandon
@@ -265,6 +270,7 @@ class ForwardReader(_Reader):
     def _open(self) -> KafkaConsumer:
         consumer = KafkaConsumer(group_id=self.settings.kafka_group_id,
                                  auto_offset_reset=self.settings.kafka_auto_offset_reset,
+                                 session_timeout_ms=self.settings.kafka_session_timeout_ms,
                                  **consumer_config(self.settings, self.role))
         if not consumer.partitions_for_topic(self.settings.kafka_topic):
             raise _TopicMissing(f"Kafka topic {self.settings.kafka_topic!r} does not exist "
@@ -299,20 +305,37 @@ class ForwardReader(_Reader):
                         len(batch), exc)
 
     def _export_until_accepted(self, batch: list[LogRecord]) -> bool:
-        """Retry retriable failures with capped backoff until accepted or abandoned."""
+        """Retry retriable failures with capped backoff (never sooner than the collector's
+        ``Retry-After``) until accepted, dead-lettered, or abandoned at shutdown."""
         backoff = Backoff(0.5, self.settings.retry_backoff_max_s)
         while True:
             try:
                 self.export(batch)
                 return True
             except ExportError as exc:
-                if not exc.retriable:
-                    # Not worth retrying: the batch itself is bad. Count it, say so,
-                    # and move on so one poison batch cannot stop the pipeline.
-                    self.status.count("records_rejected", len(batch))
-                    log.error("collector rejected %d records permanently: %s", len(batch), exc)
+                if not exc.retriable and self._set_aside(batch, str(exc)):
                     return True
                 self.status.count("export_retries")
                 if self.abandon.wait(backoff.next(exc.retry_after or 0.0)):
                     log.warning("shutdown: %d records not exported, offsets left uncommitted", len(batch))
                     return False
+
+    def _set_aside(self, batch: list[LogRecord], reason: str) -> bool:
+        """A batch the collector refuses for good (400, 413…): retrying cannot help, and
+        one poison batch must not stop the pipeline. With a dead-letter topic its raw
+        values go there (reason in a header) and the offsets move on; without one the
+        records are counted and logged as lost. False: the dead-letter write failed."""
+        if self.dead_letter is None:
+            self.status.count("records_rejected", len(batch))
+            log.error("collector rejected %d records permanently and DEAD_LETTER_TOPIC is not set; "
+                      "they are skipped: %s", len(batch), reason)
+            return True
+        try:
+            self.dead_letter(batch, reason)
+        except Exception as exc:  # noqa: BLE001 - retried like an export
+            log.warning("dead-lettering %d records failed (%s); retrying", len(batch), exc)
+            return False
+        self.status.count("records_dead_lettered", len(batch))
+        log.error("collector rejected %d records permanently (%s); sent to dead-letter topic %r",
+                  len(batch), reason, self.settings.dead_letter_topic)
+        return True

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
+from opentelemetry.exporter.otlp.common.http import _extract_retry_after
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import (
@@ -57,26 +58,27 @@ class OtlpSink:
         self._scope = InstrumentationScope(name="logger-service", version=logger.__version__)
 
     def export(self, records: Sequence[LogRecord]) -> None:
-        """Send one batch; raise ExportError unless the collector accepted all of it."""
+        """Send one batch, once; raise ExportError unless the collector accepted all of it."""
         if not records:
             return
         payload = self.encode(records).SerializeToString()
         started = time.monotonic()
-        result = _post(self._exporter, payload)
-        if result.success:
+        outcome = _post(self._exporter, payload)
+        if outcome.status_code is not None and 200 <= outcome.status_code < 300:
             self.status.count("requests")
             self.status.count("records_exported", len(records))
             self.status.set(OK)
             self.status.counters["last_export_ms"] = int((time.monotonic() - started) * 1000)
             return
-        status_code = result.status_code
-        reason = str(result.error or result.reason or "unknown error")
+        status_code = outcome.status_code
+        reason = str(outcome.error or outcome.reason or "unknown error")
         retriable = status_code is None or status_code in _RETRIABLE_STATUS
         message = (f"collector at {self.endpoint} answered HTTP {status_code}: {reason}"
                    if status_code is not None else f"collector at {self.endpoint} unreachable: {reason}")
         self.status.count("failed_requests")
         self.status.set(DEGRADED, message)
-        raise ExportError(message, status=status_code, retriable=retriable)
+        raise ExportError(message, status=status_code, retriable=retriable,
+                          retry_after=_retry_after(outcome) if retriable else None)
 
     def encode(self, records: Iterable[LogRecord]) -> ExportLogsServiceRequest:
         """Group records by service: one ResourceLogs (with ``service.name``) each."""
@@ -98,13 +100,29 @@ class OtlpSink:
 
 
 def _post(exporter: OTLPLogExporter, payload: bytes) -> Any:
-    # OTLPLogExporter.export() only takes SDK log records and only answers
-    # SUCCESS/FAILURE; we need the status code to tell a permanent rejection
-    # (dead-letter it) from an outage (retry, keep offsets). Its HTTP client
-    # (retries 429/502/503/504 with Retry-After inside its timeout, reads
-    # OTEL_EXPORTER_OTLP_* settings) is the one private piece we reach into;
-    # pinned in requirements.txt, covered by the integration tests.
-    return exporter._client.export(payload)  # noqa: SLF001
+    """One POST of an encoded request; returns the transport's result (status, headers).
+
+    Work-around, in this one place: OTLPLogExporter.export() takes only SDK log
+    records and answers SUCCESS/FAILURE, and its HTTP client retries inside a
+    fixed 10 s budget and then drops the batch, giving up at once when a
+    ``Retry-After`` is longer than what is left of it. We need the status (a
+    400 is dead-lettered, a 503 retried with the offsets held back) and the
+    ``Retry-After`` itself, and we retry without a deadline while offsets wait.
+    So we use the exporter for what it resolves from OTEL_EXPORTER_OTLP_*
+    (endpoint, headers, compression, timeout, certificates, the pooled
+    session) and make each single attempt through its client. Private API of
+    the pinned opentelemetry-exporter-otlp-proto-http 1.45.2; the integration
+    tests cover it.
+    """
+    client = exporter._client  # noqa: SLF001
+    return client._submit(client._compress(payload), client._timeout)  # noqa: SLF001
+
+
+def _retry_after(outcome: Any) -> float | None:
+    try:
+        return _extract_retry_after(outcome) if outcome.status_code is not None else None
+    except Exception:  # noqa: BLE001 - a malformed header means "no advice"
+        return None
 
 
 def _to_proto(record: LogRecord, observed_ns: int) -> ProtoLogRecord:

@@ -45,6 +45,9 @@ _SYSLOG = {0: "emergency", 1: "alert", 2: "critical", 3: "error",
 LEVEL_NAMES = ("trace", "debug", "info", "warn", "error", "fatal")
 UNKNOWN_LEVEL = (0, "unknown")
 
+TRUNCATION_MARK = " …[truncated]"
+MAX_TIME_NS = 1 << 63  # OTLP's fixed64 holds more, but nothing sane is past 2262
+
 _ISO_FRACTION = re.compile(r"^(.*?T\d{2}:\d{2}:\d{2})[.,](\d+)(.*)$")
 
 
@@ -63,6 +66,7 @@ class LogRecord:
     offset: int = -1
     malformed: str | None = None
     size: int = 0
+    raw: bytes | None = None  # the value as read, kept only where it may be dead-lettered
 
     def to_client(self) -> dict[str, Any]:
         """The record as WebSocket clients receive it (see the README's protocol)."""
@@ -83,13 +87,29 @@ class LogRecord:
 
 
 def decode(value: bytes | None, *, topic: str = "", partition: int = -1, offset: int = -1,
-           kafka_timestamp_ms: int | None = None, default_service: str = "unknown_service") -> LogRecord:
-    """Turn one Kafka message value into a LogRecord. Never raises."""
+           kafka_timestamp_ms: int | None = None, default_service: str = "unknown_service",
+           max_bytes: int = 0, keep_raw: bool = False) -> LogRecord:
+    """Turn one Kafka message value into a LogRecord. Never raises.
+
+    A value longer than ``max_bytes`` (0: no limit) is cut there and becomes a
+    text record marked ``malformed="truncated"``.
+    """
+    record = _decode(value, topic, partition, offset, kafka_timestamp_ms, default_service, max_bytes)
+    if keep_raw:
+        record.raw = value
+    return record
+
+
+def _decode(value: bytes | None, topic: str, partition: int, offset: int, kafka_timestamp_ms: int | None,
+            default_service: str, max_bytes: int) -> LogRecord:
     fallback_ns = (kafka_timestamp_ms or 0) * 1_000_000
     position = {"topic": topic, "partition": partition, "offset": offset}
     if value is None:
         return _text_record("", "tombstone", fallback_ns, default_service, 0, position)
     size = len(value)
+    if max_bytes and size > max_bytes:
+        text = value[:max_bytes].decode("utf-8", "ignore") + TRUNCATION_MARK
+        return _text_record(text, "truncated", fallback_ns, default_service, size, position)
     if not value.strip():
         return _text_record(value.decode("utf-8", "replace"), "empty", fallback_ns, default_service, size, position)
     try:
@@ -204,7 +224,10 @@ def _epoch_to_ns(number: float) -> int:
         scale = 1
     # Split whole and fraction: a float times 1e9 would lose the last digits.
     whole = int(number)
-    return whole * scale + round((number - whole) * scale)
+    nanos = whole * scale + round((number - whole) * scale)
+    if nanos >= MAX_TIME_NS:
+        raise ValueError(number)
+    return nanos
 
 
 def _iso_to_ns(text: str) -> int:
@@ -221,7 +244,10 @@ def _iso_to_ns(text: str) -> int:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     seconds = int(parsed.timestamp())
-    return seconds * 1_000_000_000 + fraction_ns
+    nanos = seconds * 1_000_000_000 + fraction_ns
+    if not 0 <= nanos < MAX_TIME_NS:
+        raise ValueError(text)
+    return nanos
 
 
 def format_time(time_unix_nano: int) -> str:

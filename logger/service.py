@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import gevent
@@ -26,6 +26,7 @@ from logger.hub import Hub
 from logger.kafka_sink import KafkaPublisher
 from logger.kafka_source import ForwardReader, TailReader
 from logger.otlp import OtlpSink
+from logger.records import LogRecord
 from logger.status import DEGRADED, DISABLED, IDLE, OK, STARTING, ComponentStatus
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ class LogService:
             self._readers.append(gevent.spawn(reader.run, self._stop))
         if settings.forward_enabled:
             self._sink = OtlpSink(settings.otlp_endpoint, self.collector)
-            reader = ForwardReader(settings, self.forward, self._sink.export, self._abandon)
+            reader = ForwardReader(settings, self.forward, self._sink.export, self._abandon,
+                                   self._dead_letter if settings.dead_letter_topic else None)
             self._readers.append(gevent.spawn(reader.run, self._stop))
         self._keepalive = gevent.spawn(self.hub.keepalive, self._stop)
         log.info("pipeline started: topic %r, brokers %s, tail %s, forward %s to %s", settings.kafka_topic,
@@ -77,6 +79,12 @@ class LogService:
         if self._publisher is None:
             self._publisher = KafkaPublisher(self.settings)
         return self._publisher.publish(values)
+
+    def _dead_letter(self, batch: Sequence[LogRecord], reason: str) -> None:
+        if self._publisher is None:
+            self._publisher = KafkaPublisher(self.settings)
+        self._publisher.publish([r.raw for r in batch], topic=self.settings.dead_letter_topic,
+                                headers=[("x-logger-service-error", reason.encode()[:1000])])
 
     def stop(self, timeout: float = 20.0) -> None:
         """Drain and close within ``timeout`` seconds. Safe to call more than once:

@@ -4,6 +4,8 @@ nginx runs the shipped file with only ports, paths, the user and (for the
 keepalive tests) the /ws ``proxy_read_timeout`` changed -- see
 ``devstack/nginx.py``. The service is the real one under Gunicorn, wired to
 the session's real Kafka and collector (fixtures in ``tests/conftest.py``).
+What nginx sends upstream (forwarded headers, keepalive) is checked against a
+small recording upstream instead, which can show the raw request.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from devstack.kafka import KafkaBroker
 from devstack.nginx import (
     MARKERS,
     SHIPPED_CONFIG,
@@ -35,7 +38,6 @@ from devstack.nginx import (
     path_replacements,
     render_config,
 )
-from devstack.kafka import KafkaBroker
 from devstack.ports import free_port
 from devstack.service import ROOT, ServiceProcess
 from tests.conftest import produce

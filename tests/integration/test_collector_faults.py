@@ -1,0 +1,93 @@
+"""The forward path when the collector is down, slow, rate-limiting or refusing: nothing lost."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from devstack.collector import OtlpReceiver
+from tests.conftest import produce
+
+
+@pytest.fixture
+def direct_receiver():
+    """A collector stand-in of this test's own, scripted answer by answer."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+def values(run_id: str, count: int, start: int = 0) -> list[bytes]:
+    return [json.dumps({"run": run_id, "seq": i, "message": f"m{i}"}).encode() for i in range(start, start + count)]
+
+
+def seqs(records) -> list[int]:
+    return sorted(r["attributes"]["seq"] for r in records)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_rate_limits_and_outages_are_retried_no_sooner_than_retry_after(kafka, topic, service, direct_receiver,
+                                                                       run_id, status):
+    name = topic(1)
+    direct_receiver.fail_next(3, status=status, retry_after=1)
+    proc = service(name, OTLP_ENDPOINT=direct_receiver.endpoint)
+    started = time.monotonic()
+    produce(kafka, name, values(run_id, 50))
+    records = direct_receiver.wait_for(50, timeout=30)
+    elapsed = time.monotonic() - started
+    assert seqs(records) == list(range(50))
+    assert [r.status for r in direct_receiver.request_log[:4]] == [status, status, status, 200]
+    assert elapsed >= 3.0, f"three Retry-After: 1 answers were honoured ({elapsed:.1f}s)"
+    health = proc.wait_until(lambda: (h := proc.health())["collector"]["state"] == "ok" and h, 10, "ok again")
+    assert health["kafka"]["forward"]["export_retries"] >= 3
+    assert health["collector"]["failed_requests"] == 3
+
+
+def test_a_permanent_rejection_goes_to_the_dead_letter_topic_and_moves_on(kafka, topic, service, direct_receiver,
+                                                                         run_id):
+    name, dead = topic(1), topic(1)
+    direct_receiver.fail_next(1, status=400)
+    proc = service(name, OTLP_ENDPOINT=direct_receiver.endpoint, DEAD_LETTER_TOPIC=dead,
+                   FORWARD_BATCH_SIZE="10", FORWARD_BATCH_INTERVAL_MS="5000")
+    produce(kafka, name, values(run_id, 20))  # two full batches: the first is refused
+    accepted = direct_receiver.wait_for(10, timeout=30)
+    assert seqs(accepted) == list(range(10, 20))
+
+    consumer = kafka.consumer(dead, auto_offset_reset="earliest", consumer_timeout_ms=10_000)
+    dead_lettered = []
+    for message in consumer:
+        dead_lettered.append(message)
+        if len(dead_lettered) == 10:
+            break
+    consumer.close()
+    assert [json.loads(m.value)["seq"] for m in dead_lettered] == list(range(10))
+    assert "HTTP 400" in dict(dead_lettered[0].headers)["x-logger-service-error"].decode()
+    proc.wait_until(lambda: proc.health()["kafka"]["forward"].get("records_committed") == 20, 10,
+                    "the offsets of both batches to be committed")
+    assert proc.health()["kafka"]["forward"]["records_dead_lettered"] == 10
+    assert "sent to dead-letter topic" in proc.log_text()
+
+
+def test_a_collector_outage_never_stalls_the_live_tail_and_loses_nothing(kafka, topic, service, ws_client,
+                                                                        run_id):
+    name = topic(1)
+    receiver = OtlpReceiver().start()
+    port = receiver.port
+    receiver.stop()  # the collector is down from the start
+    proc = service(name, OTLP_ENDPOINT=f"127.0.0.1:{port}", EXPORT_RETRY_MAX_S="1")
+    client = ws_client(proc.ws_url)
+    produce(kafka, name, values(run_id, 100))
+    assert len(client.wait_records(100)) == 100, "the tail streams while the collector is down"
+
+    def degraded():
+        collector = proc.health()["collector"]
+        return collector if collector["state"] == "degraded" else None
+    collector = proc.wait_until(degraded, 20, "the collector to be reported degraded")
+    assert "unreachable" in collector["error"] and collector["since"]
+    assert proc.health()["kafka"]["forward"].get("records_committed", 0) == 0
+
+    with OtlpReceiver(port=port) as back:  # the collector comes back on the same address
+        records = back.wait_for(100, timeout=30)
+        assert seqs(records) == list(range(100))
+        proc.wait_until(lambda: proc.health()["collector"]["state"] == "ok", 10, "the collector to be ok")
