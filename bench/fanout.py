@@ -389,7 +389,7 @@ class HealthProbe:
 
 def _measure(ctx: Context, srv: Server, seconds: float, group: str = "normal") -> dict[str, Any]:
     """Counters of the clients and CPU of the server, client process and broker over ``seconds``."""
-    meters = {"server": CpuMeter(srv.pid), "clients": CpuMeter(ctx.clients.pid)}
+    meters = {"server": CpuMeter(srv.pid), "clients": CpuMeter(ctx.clients.pid), "bench": CpuMeter(os.getpid())}
     broker_pid = ctx.kafka._proc.pid if ctx.kafka._proc else None  # noqa: SLF001 - read-only use
     if broker_pid:
         meters["broker"] = CpuMeter(broker_pid)
@@ -404,6 +404,9 @@ def _measure(ctx: Context, srv: Server, seconds: float, group: str = "normal") -
     stats = ctx.clients.call("stats", reset=True)
     cpu = {name: m.stop() for name, m in meters.items()}
     cpu["machine_busy_percent"] = machine.stop()
+    # What the rest of the machine (other work sharing it) used meanwhile.
+    cpu["others_percent"] = round(cpu["machine_busy_percent"] - sum(
+        v["cpu_percent"] for k, v in cpu.items() if isinstance(v, dict)), 1)
     g = stats[group]
     window = g["now"] - g["since"]
     out = {"window_seconds": round(window, 3), "deliveries": g["messages"],
@@ -444,7 +447,8 @@ def scenario_throughput(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
                 per[side] = m
                 _say(f"{side}: {n} clients: {m['deliveries_per_s']:,.0f} deliveries/s, "
                      f"server CPU {m['server_cpu_percent']}%, clients CPU {m['cpu']['clients']['cpu_percent']}%, "
-                     f"machine {m['cpu']['machine_busy_percent']}%, /health {m['health_ms']}, "
+                     f"machine {m['cpu']['machine_busy_percent']}% (others {m['cpu']['others_percent']}%), "
+                     f"/health {m['health_ms']}, "
                      f"{m['records_per_message']} records/msg, {m['bytes_per_s'] / 1e6:.0f} MB/s")
             finally:
                 ctx.clients.call("close")
@@ -477,7 +481,8 @@ def scenario_latency(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
             m["produced_records_per_s"] = round(producer.achieved_rate, 1)
             raw[side] = m
             _say(f"{side}: latency {m['latency_ms']}, {m['deliveries_per_s']:,.0f} deliveries/s, "
-                 f"CPU {m['server_cpu_percent']}%")
+                 f"CPU {m['server_cpu_percent']}%, machine {m['cpu']['machine_busy_percent']}% "
+                 f"(others {m['cpu']['others_percent']}%)")
         finally:
             ctx.clients.call("close")
             srv.stop()
@@ -509,6 +514,7 @@ def scenario_stalled(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
                     series.append(rss_kb(srv.pid))
                 stats = ctx.clients.call("stats", reset=True)
                 cpu = meter.stop()
+                health_after = srv.health() or {}
             g = stats["normal"]
             window = g["now"] - g["since"]
             with_stalled = {"window_seconds": round(window, 3), "deliveries_per_s": round(g["messages"] / window, 1),
@@ -517,7 +523,9 @@ def scenario_stalled(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
                             "close_codes": g["close_codes"], "lost": g["lost"], "server_cpu_percent": cpu["cpu_percent"],
                             "stalled_group": stats.get("stalled"), "rss_start_kb": rss0, "rss_series_kb": series,
                             "rss_growth_kb": max(series) - rss0 if series else None,
-                            "rss_growth_last_10s_kb": (series[-1] - series[-11]) if len(series) > 10 else None}
+                            "rss_growth_last_10s_kb": (series[-1] - series[-11]) if len(series) > 10 else None,
+                            "server_clients_after": health_after.get("clients"),
+                            "server_hub_counters_after": health_after.get("hub")}
             raw[side] = {"without": before, "with": with_stalled}
             _say(f"{side}: without stalled {before['deliveries_per_s']:,.0f}/s p99 {_lat(before, 'p99')} ms; "
                  f"with {with_stalled['deliveries_per_s']:,.0f}/s p99 {_lat(with_stalled, 'p99')} ms; "
@@ -714,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             clients.close()
     results["rows"] = all_rows
     results["seconds"] = round(time.monotonic() - began, 1)
+    results["load_average_at_end"] = os.getloadavg()
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))

@@ -104,15 +104,20 @@ _LEVELS = ("info", "info", "info", "warn", "error", "debug")
 
 
 def make_record(seq: int, size: int, *, sent: bool = True) -> bytes:
-    """One JSON log line of about ``size`` bytes, carrying its produce time in ``sent`` (ns)."""
-    head = {
+    """One JSON log line of about ``size`` bytes, carrying its produce time in ``sent`` (ns).
+
+    From 180 bytes up it has a nested ``http`` object and a float attribute too;
+    below that only level, service, message, ``seq`` (and ``sent``): ~100 bytes at least.
+    """
+    head: dict[str, object] = {
         "level": _LEVELS[seq % len(_LEVELS)],
         "service": f"svc-{seq % 7}",
         "message": "",
         "seq": seq,
-        "http": {"method": "GET", "path": f"/api/orders/{seq % 977}", "status": 200},
-        "duration_ms": (seq % 1000) / 10,
     }
+    if size >= 180:
+        head["http"] = {"method": "GET", "path": f"/api/orders/{seq % 977}", "status": 200}
+        head["duration_ms"] = (seq % 1000) / 10
     if sent:
         head["sent"] = time.time_ns()
     base = len(orjson.dumps(head))

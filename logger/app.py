@@ -28,12 +28,14 @@ from logger.service import LogService
 from logger.ws_client import WebSocketClient
 
 EXTENSION = "logger_service"
+MAX_BODY_BYTES = 1 << 20
 
 
 def create_app(settings: Settings | None = None, service: LogService | None = None) -> Flask:
     settings = settings or Settings()
     service = service or LogService(settings)
     app = Flask("logger")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # larger request bodies get 413
     app.extensions[EXTENSION] = service
     CORS(app, origins=list(settings.cors_origins))
 

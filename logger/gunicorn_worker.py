@@ -41,9 +41,19 @@ class UpgradeHandler(WebSocketHandler):
     """Upgrades only ``/ws``, and only when the hub admits the request."""
 
     service: LogService | None = None  # bound per worker by post_worker_init
+    idle_timeout_s: float = 5.0  # Gunicorn's ``keepalive``, bound by post_worker_init
 
     # Gunicorn's access log, not gevent-websocket's own logger.
     log_request = PyWSGIHandler.log_request
+
+    def read_requestline(self) -> str:
+        # pywsgi waits for the next request on a keep-alive connection forever
+        # (Gunicorn's ``keepalive`` setting is not applied to this worker), so an
+        # idle client could hold a connection slot indefinitely. Give up after
+        # ``idle_timeout_s``: an empty request line makes pywsgi close quietly.
+        with gevent.Timeout(self.idle_timeout_s, False):
+            return super().read_requestline()
+        return ""
 
     def get_environ(self) -> dict[str, Any]:
         environ = super().get_environ()  # the extras gunicorn's PyWSGIHandler adds
@@ -106,7 +116,8 @@ def post_worker_init(worker: Any) -> None:
     if service is None:
         worker.log.warning("the WSGI app was not made by logger.app.create_app: pipeline not started")
         return
-    worker.wsgi_handler = type("BoundUpgradeHandler", (worker.wsgi_handler,), {"service": service})
+    worker.wsgi_handler = type("BoundUpgradeHandler", (worker.wsgi_handler,),
+                               {"service": service, "idle_timeout_s": max(worker.cfg.keepalive, 1)})
     service.start()
 
 

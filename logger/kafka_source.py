@@ -72,9 +72,16 @@ class _KafkaClientLog(logging.Handler):
     last such reason to turn the timeout into a message an operator can act on.
     """
 
+    OUTAGE_WINDOW_S = 8.0  # reconnect attempts come at most 5 s apart (reconnect_backoff_max_ms)
+
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.reason = ""
+        # Connection failures of running clients (kafka-python reconnects by itself
+        # and raises nothing): the first and last of the current run of them.
+        self.outage_started = 0.0
+        self.last_failure = 0.0
+        self.last_outage: tuple[float, float] | None = None
         # A refused login often surfaces next as a bare "socket disconnected"
         # (the broker hangs up after answering), so an authentication or TLS
         # failure is kept apart and outranks later, vaguer reasons.
@@ -86,6 +93,13 @@ class _KafkaClientLog(logging.Handler):
         except Exception:  # noqa: BLE001 - a log handler must never raise
             return
         lowered = message.lower()
+        if "connection failed" in lowered or "connection lost" in lowered:
+            now = time.time()
+            if now - self.last_failure > self.OUTAGE_WINDOW_S:
+                if self.outage_started:
+                    self.last_outage = (self.outage_started, self.last_failure)
+                self.outage_started = now
+            self.last_failure = now
         if "authentication failed" in lowered or "certificate" in lowered or "ssl" in lowered:
             self.security_reason = message
         # Summaries ("Bootstrap failed", "not ready") would hide the cause.
@@ -96,8 +110,30 @@ class _KafkaClientLog(logging.Handler):
         self.reason = self.security_reason = ""
 
 
+    def outage(self) -> dict[str, Any]:
+        """For /health: a current connection outage, and the last one that ended."""
+        out: dict[str, Any] = {}
+        now = time.time()
+        if self.outage_started and now - self.last_failure <= self.OUTAGE_WINDOW_S:
+            out["outage"] = {"since": _iso(self.outage_started), "error": self.reason or "connection lost"}
+        elif self.outage_started:
+            out["last_outage"] = {"from": _iso(self.outage_started), "to": _iso(self.last_failure)}
+        elif self.last_outage:
+            out["last_outage"] = {"from": _iso(self.last_outage[0]), "to": _iso(self.last_outage[1])}
+        return out
+
+
 _client_log = _KafkaClientLog()
 logging.getLogger("kafka").addHandler(_client_log)
+
+
+def connection_health() -> dict[str, Any]:
+    """Kafka connection outages seen by any of this worker's clients (for /health)."""
+    return _client_log.outage()
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def describe_kafka_error(exc: BaseException, settings: Settings) -> str:
@@ -209,14 +245,20 @@ class TailReader(_Reader):
         self.publish = publish
         self.partition_refresh_s = settings.partition_refresh_s
         self._next_refresh = 0.0
+        self._next_offsets: dict[TopicPartition, int] = {}
 
     def _open(self) -> KafkaConsumer:
         consumer = KafkaConsumer(group_id=None, **consumer_config(self.settings, self.role))
         partitions = self._partitions(consumer, fresh=False)
         consumer.assign(partitions)
-        consumer.seek_to_end()
-        for tp in partitions:  # resolve "end" now, so "ok" means records produced from here on are seen
-            consumer.position(tp)
+        # The first time, start at the end. After a reconnect (a broker restart,
+        # say), go on from where we were, so nothing produced while the broker
+        # was back up but we were not yet is skipped.
+        consumer.seek_to_end(*[tp for tp in partitions if tp not in self._next_offsets])
+        for tp in partitions:
+            if tp in self._next_offsets:
+                consumer.seek(tp, self._next_offsets[tp])
+            consumer.position(tp)  # resolve now, so "ok" means records produced from here on are seen
         self._next_refresh = time.monotonic() + self.partition_refresh_s
         self.status.set(OK)
         self.status.counters["partitions"] = len(partitions)
@@ -237,7 +279,14 @@ class TailReader(_Reader):
             return
         self._next_refresh = time.monotonic() + self.partition_refresh_s
         current = consumer.assignment()
-        added = [tp for tp in self._partitions(consumer, fresh=True) if tp not in current]
+        try:
+            found = self._partitions(consumer, fresh=True)
+        except (kafka_errors.KafkaError, _TopicMissing) as exc:
+            # Metadata unavailable for now (a broker restarting): fetching goes on
+            # and reconnects by itself; look again at the next refresh.
+            log.debug("partition refresh failed: %s", exc)
+            return
+        added = [tp for tp in found if tp not in current]
         if added:
             # A new partition is read from its beginning: everything in it is newer than our start.
             consumer.assign(sorted(current | set(added)))
@@ -246,6 +295,8 @@ class TailReader(_Reader):
             log.info("tail reader picked up new partitions %s", [tp.partition for tp in added])
 
     def _deliver(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> None:
+        for record in batch:
+            self._next_offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
         self.publish(batch)
         self.status.count("batches")
 
@@ -287,7 +338,7 @@ class ForwardReader(_Reader):
             self.status.set(STARTING, "rejoining the consumer group")
 
     def _deliver(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> None:
-        if not self._export_until_accepted(batch):
+        if not self._export_until_accepted(consumer, batch):
             return
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for record in batch:
@@ -304,9 +355,13 @@ class ForwardReader(_Reader):
             log.warning("commit of %d exported records failed (%s); they will be re-delivered",
                         len(batch), exc)
 
-    def _export_until_accepted(self, batch: list[LogRecord]) -> bool:
+    def _export_until_accepted(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> bool:
         """Retry retriable failures with capped backoff (never sooner than the collector's
-        ``Retry-After``) until accepted, dead-lettered, or abandoned at shutdown."""
+        ``Retry-After``) until accepted, dead-lettered, or abandoned at shutdown.
+
+        Nothing new is read meanwhile: the one batch in flight is the whole
+        backlog in memory (backpressure), and Kafka keeps the rest.
+        """
         backoff = Backoff(0.5, self.settings.retry_backoff_max_s)
         while True:
             try:
@@ -316,9 +371,26 @@ class ForwardReader(_Reader):
                 if not exc.retriable and self._set_aside(batch, str(exc)):
                     return True
                 self.status.count("export_retries")
-                if self.abandon.wait(backoff.next(exc.retry_after or 0.0)):
-                    log.warning("shutdown: %d records not exported, offsets left uncommitted", len(batch))
-                    return False
+                delay = backoff.next(exc.retry_after or 0.0)
+                deadline = time.monotonic() + delay
+                while True:
+                    if self.abandon.wait(min(max(deadline - time.monotonic(), 0), 1.0)):
+                        log.warning("shutdown: %d records not exported, offsets left uncommitted", len(batch))
+                        return False
+                    self._stay_in_group(consumer)
+                    if time.monotonic() >= deadline:
+                        break
+
+    @staticmethod
+    def _stay_in_group(consumer: KafkaConsumer) -> None:
+        """Poll with every partition paused: fetches nothing, but tells the group we are
+        alive, so an outage longer than max.poll.interval.ms does not cost our partitions."""
+        assigned = consumer.assignment()
+        consumer.pause(*assigned)
+        try:
+            consumer.poll(timeout_ms=0)
+        finally:
+            consumer.resume(*(consumer.assignment() & assigned))
 
     def _set_aside(self, batch: list[LogRecord], reason: str) -> bool:
         """A batch the collector refuses for good (400, 413…): retrying cannot help, and

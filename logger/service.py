@@ -24,7 +24,7 @@ import logger
 from logger.config import Settings
 from logger.hub import Hub
 from logger.kafka_sink import KafkaPublisher
-from logger.kafka_source import ForwardReader, TailReader
+from logger.kafka_source import ForwardReader, TailReader, connection_health
 from logger.otlp import OtlpSink
 from logger.records import LogRecord
 from logger.status import DEGRADED, DISABLED, IDLE, OK, STARTING, ComponentStatus
@@ -123,7 +123,8 @@ class LogService:
     def health(self) -> dict[str, Any]:
         """The body of ``GET /health``."""
         parts = (self.tail, self.forward, self.collector)
-        healthy = all(part.state in (OK, DISABLED, IDLE) for part in parts)
+        connection = connection_health()
+        healthy = all(part.state in (OK, DISABLED, IDLE) for part in parts) and "outage" not in connection
         return {
             "status": "ok" if healthy else DEGRADED,
             "version": logger.__version__,
@@ -131,7 +132,7 @@ class LogService:
             "worker": os.getpid(),
             "clients": len(self.hub),
             "kafka": {"brokers": list(self.settings.kafka_brokers), "topic": self.settings.kafka_topic,
-                      "tail": self.tail.as_dict(), "forward": self.forward.as_dict()},
+                      "tail": self.tail.as_dict(), "forward": self.forward.as_dict(), **connection},
             "collector": {"endpoint": self.settings.otlp_endpoint, **self.collector.as_dict()},
             "hub": dict(self.hub.counters),
         }

@@ -98,6 +98,7 @@ class LiveClient:
     def __init__(self, url: str, origin: str | None = None, timeout: float = 10.0) -> None:
         options: dict[str, Any] = {"origin": origin} if origin else {"suppress_origin": True}
         self.ws = websocket.create_connection(url, timeout=timeout, **options)
+        self.ws.settimeout(None)  # an idle stream is not an error; close() ends the reader
         self.messages: list[dict[str, Any]] = []
         self.close_code: int | None = None
         self._thread = threading.Thread(target=self._read, daemon=True)

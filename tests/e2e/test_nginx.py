@@ -137,7 +137,8 @@ def test_harness_changes_only_the_marker_lines(tmp_path: Path) -> None:
 
 
 def test_shipped_timeouts_fit_the_service() -> None:
-    """The /ws read timeout outlasts the default ping interval; upstream keepalive ends before Gunicorn's."""
+    """The /ws read timeout outlasts the default ping interval twice; nginx ends idle upstream
+    connections before Gunicorn's ``keepalive`` would (its gevent worker does not apply it today)."""
     from logger.config import Settings
     text = SHIPPED_CONFIG.read_text()
     ws_block = text[text.index("location = /ws"):]
@@ -188,6 +189,7 @@ class RecordingUpstream:
 
 
 def test_forwarded_headers_and_upstream_keepalive(tmp_path: Path) -> None:
+    """What the shipped config sends upstream: forwarded headers, HTTP/1.1, reused connections."""
     upstream = RecordingUpstream()
     try:
         with Nginx(upstream.port, workdir=tmp_path) as proxy:
@@ -254,8 +256,21 @@ def test_http_routes_and_cors_through_nginx(behind_nginx: Callable[..., Stack]) 
     status, headers, _ = get(url + "/ws")
     assert status == 426 and headers["Upgrade"] == "websocket"
 
-    access = stack.nginx.access_log_text()
-    assert '"GET /health HTTP/1.1" 200' in access and '"GET /ws HTTP/1.1" 426' in access
+    # A body over client_max_body_size (1m) is refused by nginx itself.
+    conn = http.client.HTTPConnection("127.0.0.1", stack.nginx.port, timeout=10)
+    try:
+        conn.request("POST", "/api/logs", body=b"[" + b'"x",' * 300_000 + b'"x"]',
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert response.status == 413
+
+    # nginx writes the access log after the response has gone out: wait for the last line.
+    wait_for(lambda: '"POST /api/logs HTTP/1.1" 413' in stack.nginx.access_log_text(), 5, "the access log")
+    assert '"GET /ws HTTP/1.1" 426' in stack.nginx.access_log_text()
+    assert '"GET /health HTTP/1.1" 200' in stack.nginx.access_log_text()
 
 
 def test_websocket_through_nginx_streams_records(behind_nginx: Callable[..., Stack],
@@ -313,7 +328,7 @@ def test_idle_websocket_outlives_read_timeout_thanks_to_pings(behind_nginx: Call
     # Quiet for three read timeouts: no application messages either way, only
     # the server's pings and the client library's automatic pongs.
     assert client.wait_closed(IDLE_S) is None, f"closed with {client.close_code}:\n{stack.nginx.error_log_text()}"
-    assert client.messages == client.messages[:1]
+    assert [m["type"] for m in client.messages] == ["hello"]
 
     produce(stack.kafka, stack.topic, logs(5, "after-idle"))
     assert [r["message"] for r in client.wait_records(5)] == [f"after-idle-{i}" for i in range(5)]
