@@ -7,12 +7,24 @@ value stops start-up here, in the master, with one line naming the variable.
 """
 
 import os
+import shutil
 import sys
+import tempfile
 
-from logger import gunicorn_worker
-from logger.config import Settings
-from logger.errors import ConfigError
-from logger.logs import configure_logging
+# -- Metrics across workers -------------------------------------------------------
+# prometheus_client picks its multiprocess mode when first imported, so this
+# comes before any logger import; workers inherit it. A fresh folder per start:
+# files left by an earlier run would be counted again.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+else:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="logger-service-metrics-")
+
+from logger import gunicorn_worker, metrics  # noqa: E402
+from logger.config import Settings  # noqa: E402
+from logger.errors import ConfigError  # noqa: E402
+from logger.logs import gunicorn_logconfig  # noqa: E402
 
 try:
     settings = Settings.from_env()
@@ -47,10 +59,13 @@ keepalive = 5
 control_socket_disable = True
 
 # -- Logging ----------------------------------------------------------------------
+# One line per event, JSON unless stderr is a terminal (LOG_FORMAT), Gunicorn's
+# own error and access lines included.
 loglevel = settings.log_level
-accesslog = "-" if os.environ.get("ACCESS_LOG", "true").lower() in ("1", "true", "yes", "on") else None
+access_log_on = os.environ.get("ACCESS_LOG", "true").lower() in ("1", "true", "yes", "on")
+accesslog = "-" if access_log_on else None
 errorlog = "-"
-configure_logging(loglevel)
+logconfig_dict = gunicorn_logconfig(settings.log_level, settings.log_format, access_log_on)
 
 
 # -- Hooks ------------------------------------------------------------------------
@@ -61,3 +76,8 @@ def post_worker_init(worker):
 
 def worker_exit(server, worker):
     gunicorn_worker.worker_exit(server, worker)
+
+
+def child_exit(server, worker):
+    # In the master: forget the dead worker's live gauges (clients, reader state).
+    metrics.worker_exited(worker.pid)

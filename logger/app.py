@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from flask_cors import CORS
 
 import logger
+from logger import metrics
 from logger.config import Settings
 from logger.hub import SUBSCRIPTION_KEY, WS_PATH
 from logger.ingest import ingest_blueprint
@@ -47,6 +48,16 @@ def create_app(settings: Settings | None = None, service: LogService | None = No
     @app.get("/health")
     def health() -> Any:
         return jsonify(service.health())
+
+    @app.get("/ready")
+    def ready() -> Any:
+        is_ready, waiting = service.readiness()
+        return jsonify(ready=is_ready, waiting=waiting), 200 if is_ready else 503
+
+    @app.get("/metrics")
+    def prometheus() -> Any:
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
 
     @app.get(WS_PATH)
     def websocket_without_upgrade() -> Any:

@@ -9,6 +9,7 @@ Secrets never appear in messages or in ``repr``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -66,6 +67,8 @@ class Settings:
     ping_interval_s: float = 25.0
     retry_backoff_max_s: float = 30.0
     log_level: str = "info"
+    log_format: str = "auto"
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     ingest_token: str | None = field(default=None, repr=False)
 
     @property
@@ -128,6 +131,9 @@ class Settings:
             ping_interval_s=env.number("WS_PING_INTERVAL_S", 25, 0.1, 3600),
             retry_backoff_max_s=env.number("EXPORT_RETRY_MAX_S", 30, 0.1, 3600),
             log_level=env.choice("LOG_LEVEL", LOG_LEVELS, "info"),
+            log_format=env.choice("LOG_FORMAT", ("auto", "json", "text"), "auto"),
+            trusted_proxies=env.parse("TRUSTED_PROXIES", (), _networks,
+                                      "a comma-separated list of IP addresses or CIDR networks"),
             ingest_token=env.parse("INGEST_TOKEN", None, _token, "at least 16 characters without spaces",
                                    secret=True),
         )
@@ -186,6 +192,10 @@ class _Env:
 
 def _raise(raw: str) -> T:  # type: ignore[type-var]
     raise ValueError(raw)
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
 
 
 def _token(raw: str) -> str:

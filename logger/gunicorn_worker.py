@@ -21,6 +21,7 @@ after the patch.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,8 @@ class UpgradeHandler(WebSocketHandler):
         environ = super().get_environ()  # the extras gunicorn's PyWSGIHandler adds
         environ["gunicorn.sock"] = self.socket
         environ["RAW_URI"] = self.path
+        if self.service is not None:
+            _client_address_behind_proxies(environ, self.service.settings.trusted_proxies)
         return environ
 
     def upgrade_websocket(self) -> Any:
@@ -100,6 +103,30 @@ class Worker(GeventWebSocketWorker):
             drain(self)
             super(GeventWebSocketWorker, self).handle_quit(sig, frame)
         gevent.spawn(drain_then_quit)
+
+
+def _client_address_behind_proxies(environ: dict[str, Any], trusted: tuple[Any, ...]) -> None:
+    """Behind trusted proxies, ``REMOTE_ADDR`` becomes the client they saw.
+
+    ``X-Forwarded-For`` is read right to left, skipping trusted hops; the first
+    address that is not a trusted proxy is the client. From anyone else the
+    header is ignored: it is whatever the client chose to write.
+    """
+    if not trusted or not _is_trusted(environ.get("REMOTE_ADDR", ""), trusted):
+        return
+    hops = [hop.strip() for hop in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            environ["logger.proxy_addr"], environ["REMOTE_ADDR"] = environ["REMOTE_ADDR"], hop
+            return
+
+
+def _is_trusted(address: str, trusted: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
 
 
 def _service(worker: Any) -> LogService | None:

@@ -30,6 +30,7 @@ import orjson
 from gevent.event import Event
 
 import logger
+from logger import metrics
 from logger.config import Settings
 from logger.filters import EVERYTHING, Filter, FilterError
 from logger.records import LogRecord
@@ -153,6 +154,7 @@ class Hub:
         self._clients.add(client)
         self._join(client, subscription.filter)
         self.counters["connections"] += 1
+        metrics.CLIENTS.set(len(self._clients))
         client.start(self._on_message, self._detach, initial)
 
     def _join(self, client: WebSocketClient, wanted: Filter) -> None:
@@ -170,6 +172,7 @@ class Hub:
     def _detach(self, client: WebSocketClient) -> None:
         self._clients.discard(client)
         self._leave(client)
+        metrics.CLIENTS.set(len(self._clients))
 
     def _on_message(self, client: WebSocketClient, text: str) -> None:
         # Runs in gevent's hub (an I/O callback): answer with non-blocking sends only.
@@ -210,6 +213,7 @@ class Hub:
         records = list(records)
         self.ring.add(records)
         self.counters["batches"] += 1
+        metrics.observe_delay(records[0].time_unix_nano)  # the batch's oldest: its worst delay
         as_dicts: list[dict[str, Any]] | None = None
         for wanted, members in tuple(self._groups.items()):
             chosen = None if wanted.everything else [i for i, r in enumerate(records) if wanted.matches(r)]
@@ -220,8 +224,12 @@ class Hub:
             frame = _logs_frame(as_dicts if chosen is None else [as_dicts[i] for i in chosen])
             for client in tuple(members):
                 client.send(frame)
-            self.counters["records_delivered"] += len(records if chosen is None else chosen) * len(members)
+            delivered = len(records if chosen is None else chosen) * len(members)
+            self.counters["records_delivered"] += delivered
             self.counters["bytes_sent"] += len(frame) * len(members)
+            metrics.RECORDS_DELIVERED.inc(delivered)
+            metrics.BATCHES_SENT.inc(len(members))
+            metrics.BYTES_SENT.inc(len(frame) * len(members))
 
     # -- keepalive and shutdown -----------------------------------------------------
 
@@ -244,6 +252,7 @@ class Hub:
             for client in tuple(self._clients):
                 if client.last_seen < silent_since and not client.closing:
                     self.counters["closed_unresponsive"] += 1
+                    metrics.CLIENTS_CLOSED.labels("unresponsive").inc()
                     client.close(INTERNAL_ERROR, "keepalive ping timeout")
                 elif pinging:
                     client.send(ping, droppable=False)

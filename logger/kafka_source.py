@@ -31,6 +31,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.structs import MemberState, OffsetAndMetadata
 
+from logger import metrics
 from logger.backoff import Backoff
 from logger.batcher import Batcher
 from logger.config import Settings
@@ -39,6 +40,8 @@ from logger.records import LogRecord, decode
 from logger.status import DEGRADED, OK, STARTING, STOPPED, ComponentStatus
 
 log = logging.getLogger(__name__)
+
+LAG_UPDATE_S = 2.0
 
 
 def connection_config(settings: Settings, role: str) -> dict[str, Any]:
@@ -179,6 +182,7 @@ class _Reader:
             try:
                 consumer = self._open()
                 _client_log.clear()
+                metrics.READER_UP.labels(self.role).set(1)
                 backoff.reset()
                 self._consume(consumer, stop)
             except Exception as exc:  # noqa: BLE001 - a reader must outlive any error
@@ -187,11 +191,13 @@ class _Reader:
                 else:
                     log.exception("%s reader failed; reconnecting", self.role)
                     self.status.set(DEGRADED, f"{type(exc).__name__}: {exc}")
+                metrics.READER_UP.labels(self.role).set(0)
                 stop.wait(backoff.next())
             finally:
                 if consumer is not None:
                     self._close(consumer)
         self.status.set(STOPPED)
+        metrics.READER_UP.labels(self.role).set(0)
 
     def _consume(self, consumer: KafkaConsumer, stop: Event) -> None:
         while not stop.is_set():
@@ -209,12 +215,14 @@ class _Reader:
         default_service = self.settings.default_service_name
         for tp, messages in polled.items():
             self.status.count("records_in", len(messages))
+            metrics.RECORDS_CONSUMED.labels(self.role).inc(len(messages))
             for message in messages:
                 record = decode(message.value, topic=tp.topic, partition=tp.partition, offset=message.offset,
                                 kafka_timestamp_ms=message.timestamp, default_service=default_service,
                                 max_bytes=self.settings.max_value_bytes, keep_raw=self.keep_raw)
                 if record.malformed:
                     self.status.count("records_malformed")
+                    metrics.RECORDS_MALFORMED.labels(self.role).inc()
                 yield record
 
     def _open(self) -> KafkaConsumer:
@@ -314,6 +322,8 @@ class ForwardReader(_Reader):
                                                    settings.batch_max_bytes))
         self.export = export
         self.dead_letter = dead_letter
+        self._next_lag_update = 0.0
+        self._lag_partitions: set[int] = set()
         # Set when shutdown runs out of time: stop retrying a failing export and
         # leave its offsets uncommitted (the next owner re-reads those records).
         self.abandon = abandon
@@ -331,6 +341,9 @@ class ForwardReader(_Reader):
 
     def _tick(self, consumer: KafkaConsumer) -> None:
         self.status.counters["partitions"] = len(consumer.assignment())
+        if time.monotonic() >= self._next_lag_update:
+            self._next_lag_update = time.monotonic() + LAG_UPDATE_S
+            self._update_lag(consumer)
         joined = consumer.group_metadata().state == MemberState.STABLE
         if joined and self.status.state != OK:
             self.status.set(OK)
@@ -348,6 +361,7 @@ class ForwardReader(_Reader):
         try:
             consumer.commit(offsets)
             self.status.count("records_committed", len(batch))
+            metrics.RECORDS_EXPORTED.inc(len(batch))
         except kafka_errors.KafkaError as exc:
             # Typically a rebalance took the partitions away: the new owner
             # re-reads from the last commit, so these records arrive twice, never zero times.
@@ -371,6 +385,7 @@ class ForwardReader(_Reader):
                 if not exc.retriable and self._set_aside(batch, str(exc)):
                     return True
                 self.status.count("export_retries")
+                metrics.EXPORT_RETRIES.inc()
                 delay = backoff.next(exc.retry_after or 0.0)
                 deadline = time.monotonic() + delay
                 while True:
@@ -380,6 +395,23 @@ class ForwardReader(_Reader):
                     self._stay_in_group(consumer)
                     if time.monotonic() >= deadline:
                         break
+
+    def _update_lag(self, consumer: KafkaConsumer) -> None:
+        """Records behind the end per owned partition, from what the fetches already
+        told us (no extra request); partitions we no longer own report 0."""
+        owned = set()
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            try:
+                position = consumer.position(tp, timeout_ms=0)
+            except kafka_errors.KafkaError:
+                position = None
+            if end is not None and position is not None:
+                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(end - position, 0))
+                owned.add(tp.partition)
+        for partition in self._lag_partitions - owned:
+            metrics.CONSUMER_LAG.labels(str(partition)).set(0)
+        self._lag_partitions = owned
 
     @staticmethod
     def _stay_in_group(consumer: KafkaConsumer) -> None:
@@ -399,6 +431,7 @@ class ForwardReader(_Reader):
         records are counted and logged as lost. False: the dead-letter write failed."""
         if self.dead_letter is None:
             self.status.count("records_rejected", len(batch))
+            metrics.RECORDS_REJECTED.inc(len(batch))
             log.error("collector rejected %d records permanently and DEAD_LETTER_TOPIC is not set; "
                       "they are skipped: %s", len(batch), reason)
             return True
@@ -408,6 +441,7 @@ class ForwardReader(_Reader):
             log.warning("dead-lettering %d records failed (%s); retrying", len(batch), exc)
             return False
         self.status.count("records_dead_lettered", len(batch))
+        metrics.RECORDS_DEAD_LETTERED.inc(len(batch))
         log.error("collector rejected %d records permanently (%s); sent to dead-letter topic %r",
                   len(batch), reason, self.settings.dead_letter_topic)
         return True

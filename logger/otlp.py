@@ -34,6 +34,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.sdk.resources import OTELResourceDetector
 
 import logger
+from logger import metrics
 from logger.errors import ExportError
 from logger.records import LogRecord
 from logger.status import DEGRADED, OK, ComponentStatus
@@ -64,6 +65,7 @@ class OtlpSink:
         payload = self.encode(records).SerializeToString()
         started = time.monotonic()
         outcome = _post(self._exporter, payload)
+        metrics.EXPORT_SECONDS.observe(time.monotonic() - started)
         if outcome.status_code is not None and 200 <= outcome.status_code < 300:
             self.status.count("requests")
             self.status.count("records_exported", len(records))

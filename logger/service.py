@@ -93,6 +93,7 @@ class LogService:
             self._stopped.wait(timeout)
             return
         self._stopping = True
+        self.hub.accepting = False  # readiness fails now: load balancers move traffic away
         try:
             self._drain(timeout)
         finally:
@@ -119,6 +120,17 @@ class LogService:
             self._publisher.close()
         self.hub.close_all(timeout=max(min(deadline - time.monotonic(), 2.0), 0.1))
         log.info("drained in %.2fs", timeout - (deadline - time.monotonic()))
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Ready for traffic: each enabled reader has joined or assigned its partitions,
+        and the hub takes clients. Not ready while starting or draining."""
+        waiting = {}
+        if not self._started or self._stopping or not self.hub.accepting:
+            waiting["service"] = "draining" if self._stopping else "starting"
+        for name, part in (("tail", self.tail), ("forward", self.forward)):
+            if part.state not in (OK, DISABLED):
+                waiting[name] = part.state + (f": {part.error}" if part.error else "")
+        return not waiting, waiting
 
     def health(self) -> dict[str, Any]:
         """The body of ``GET /health``."""

@@ -33,6 +33,8 @@ import gevent
 import orjson
 from gevent import get_hub
 
+from logger import metrics
+
 log = logging.getLogger(__name__)
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -157,6 +159,7 @@ class WebSocketClient:
             while self._held_bytes > self.max_pending and len(self._held) > 1:
                 self._held_bytes -= len(self._held.popleft())
                 self.dropped += 1
+                metrics.DROPPED_BATCHES.inc()
             return
         if self._pending:
             self._pending.append((frame, droppable))
@@ -189,6 +192,7 @@ class WebSocketClient:
             if droppable and self._pending_bytes > self.max_pending:
                 self._pending_bytes -= len(frame)
                 self.dropped += 1
+                metrics.DROPPED_BATCHES.inc()
             else:
                 kept.append((frame, droppable))
         self._pending = kept
@@ -207,6 +211,7 @@ class WebSocketClient:
         self._pending = deque([head, (goodbye, False)])
         self._pending_bytes = len(head[0]) + len(goodbye)
         self.closing = True
+        metrics.CLIENTS_CLOSED.labels("slow").inc()
         gevent.spawn_later(CLOSE_WAIT_S, self.abort)
 
     def _drain(self) -> None:
@@ -273,6 +278,7 @@ class WebSocketClient:
                 self._handle_frame(fin, opcode, payload)
         except ProtocolViolation as exc:
             log.info("closing WebSocket %s: %s (%d)", self.address, exc.reason, exc.code)
+            metrics.CLIENTS_CLOSED.labels("protocol").inc()
             self.close(exc.code, exc.reason)
             # Keep reading and dropping the peer's input until it hangs up or the
             # close timeout aborts us: closing a socket with unread input makes the

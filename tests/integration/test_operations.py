@@ -1,0 +1,107 @@
+"""What operators rely on: /metrics across workers, /ready through start and drain, the log lines."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import time
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import produce
+
+
+def scrape(proc) -> dict[tuple[str, tuple], float]:
+    text = requests.get(proc.url + "/metrics", timeout=5).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_add_up_over_workers_and_move_by_the_right_amounts(kafka, topic, service, ws_client, receiver,
+                                                                  run_id):
+    name = topic(2)
+    proc = service(name, workers=2)
+    clients = [ws_client(proc.ws_url) for _ in range(3)]
+    before = scrape(proc)
+    n = 40
+    produce(kafka, name, [json.dumps({"run": run_id, "seq": i, "message": "m"}).encode() for i in range(n)],
+            partition_of=lambda i: i % 2)
+    for client in clients:
+        client.wait_records(n)
+    receiver.wait_for_matching(lambda r: r["attributes"].get("run") == run_id, n)
+
+    def moved():
+        after = scrape(proc)
+        return after if value(after, "logger_records_exported_total") - \
+            value(before, "logger_records_exported_total") >= n else None
+    after = proc.wait_until(moved, 15, "the export counter to move")
+    delta = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+    assert value(delta, "logger_records_consumed_total", path="tail") == 2 * n, "every worker tails everything"
+    assert value(delta, "logger_records_consumed_total", path="forward") == n, "the group splits the forward path"
+    assert value(delta, "logger_records_exported_total") == n
+    assert value(delta, "logger_records_delivered_total") == 3 * n
+    assert value(after, "logger_ws_clients") == 3
+    assert value(delta, "logger_export_duration_seconds_count") >= 1
+    assert value(delta, "logger_end_to_end_delay_seconds_count") >= 1
+    up = [v for (metric, labels), v in after.items() if metric == "logger_reader_up"]
+    assert up == [1.0] * 4, "two readers in each of two workers"
+
+    def lags():
+        found = {labels: v for (metric, labels), v in scrape(proc).items() if metric == "logger_consumer_lag_records"}
+        return found if len(found) == 2 else None
+    assert set(proc.wait_until(lags, 15, "a lag per partition").values()) == {0.0}, "caught up"
+
+
+def test_readiness_flips_during_start_and_drain(kafka, topic, service):
+    proc = service(topic(1), wait_ready=False)
+    proc.launch()
+    seen = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and 200 not in seen:
+        try:
+            seen.add(requests.get(proc.url + "/ready", timeout=2).status_code)
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.02)
+    assert seen == {503, 200}, "not ready while the readers join, ready after"
+    assert requests.get(proc.url + "/", timeout=2).status_code == 200
+
+    connection = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=5)  # kept alive across the signal
+    connection.request("GET", "/ready")
+    assert connection.getresponse().read() and True
+    proc.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    connection.request("GET", "/ready")
+    response = connection.getresponse()
+    assert response.status == 503 and json.loads(response.read())["waiting"]["service"] == "draining"
+    connection.close()
+    assert proc.wait(20) == 0
+
+
+def test_log_lines_are_json_with_the_client_address_seen_through_trusted_proxies(kafka, topic, service):
+    trusting = service(topic(1), TRUSTED_PROXIES="127.0.0.0/8", ACCESS_LOG="true", LOG_FORMAT="json")
+    requests.get(trusting.url + "/health", headers={"X-Forwarded-For": "203.0.113.7, 127.0.0.5"}, timeout=5)
+    distrusting = service(topic(1), ACCESS_LOG="true", LOG_FORMAT="json")
+    requests.get(distrusting.url + "/health", headers={"X-Forwarded-For": "203.0.113.8"}, timeout=5)
+
+    def access_lines(proc):
+        lines = [json.loads(line) for line in proc.log_text().splitlines() if line.startswith("{")]
+        return [line for line in lines if line["logger"] == "gunicorn.access" and line.get("path") == "/health"
+                and line.get("user_agent", "").startswith("python-requests")]
+    trusted = trusting.wait_until(lambda: access_lines(trusting), 10, "the access line")
+    assert trusted[-1]["client"] == "203.0.113.7" and trusted[-1]["status"] == 200
+    untrusted = distrusting.wait_until(lambda: access_lines(distrusting), 10, "the access line")
+    assert untrusted[-1]["client"] == "127.0.0.1", "a header from an untrusted peer is ignored"
+    for proc in (trusting, distrusting):
+        for line in proc.log_text().splitlines():
+            if line.startswith("{"):
+                assert {"time", "level", "logger", "pid", "message"} <= set(json.loads(line))
