@@ -12,12 +12,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PORT=6006
-RUN groupadd --system app && useradd --system --gid app --home-dir /app --no-create-home app
+# A fixed numeric user, so orchestrators can check runAsNonRoot without /etc/passwd.
+RUN groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY --chown=app:app logger/ ./logger/
-COPY --chown=app:app wsgi.py gunicorn.conf.py ./
-USER app
+COPY --chown=10001:10001 logger/ ./logger/
+COPY --chown=10001:10001 wsgi.py gunicorn.conf.py ./
+USER 10001:10001
 EXPOSE 6006
 # Liveness only: GET / answers while the worker runs (see /health for Kafka and collector state).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \

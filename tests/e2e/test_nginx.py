@@ -357,3 +357,23 @@ def test_idle_websocket_without_pings_is_closed_by_nginx(behind_nginx: Callable[
     assert READ_TIMEOUT_S <= lifetime < READ_TIMEOUT_S + 1, line
     # The service notices its side was closed and forgets the client.
     wait_for(lambda: (stack.service.health() or {}).get("clients") == 0, 10, "the service to drop the client")
+
+
+def test_the_service_logs_the_client_address_nginx_saw(behind_nginx: Callable[..., Stack]) -> None:
+    """A client on 127.0.0.2 goes through nginx (which connects from 127.0.0.1): with nginx
+    trusted, the service's access line and its WebSocket log name 127.0.0.2, not the proxy."""
+    stack = behind_nginx(TRUSTED_PROXIES="127.0.0.1", ACCESS_LOG="true", LOG_FORMAT="json")
+    port = int(stack.nginx.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0))
+    connection.request("GET", "/health", headers={"User-Agent": "client-ip-test"})
+    assert connection.getresponse().status == 200
+    connection.close()
+    assert "127.0.0.2" in stack.nginx.access_log_text(), "nginx saw the client's own address"
+
+    def access_line() -> dict[str, Any] | None:
+        for line in stack.service.log_text().splitlines():
+            if line.startswith("{") and '"client-ip-test"' in line:
+                return json.loads(line)
+        return None
+    line = wait_for(access_line, 10, "the service's access line")
+    assert line["client"] == "127.0.0.2"
