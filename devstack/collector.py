@@ -103,6 +103,7 @@ class OtlpReceiver:
         self._port = port
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self.started = 0
         self._records: list[dict[str, Any]] = []
         self._exports: list[ExportLogsServiceRequest] = []
         self.request_log: list[RequestInfo] = []
@@ -250,6 +251,16 @@ class OtlpReceiver:
             raise TimeoutError(f"receiver got {len(found)}/{count} matching records in {timeout}s")
         return found
 
+    def wait_started(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until ``count`` requests have arrived, answered or not (an export in flight)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.started < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"receiver saw {self.started}/{count} requests start in {timeout}s")
+                self._changed.wait(left)
+
     def wait_requests(self, count: int, timeout: float = 10.0) -> list[RequestInfo]:
         """Wait until ``count`` requests (any status) arrived; for retry tests."""
         deadline = time.monotonic() + timeout
@@ -277,6 +288,8 @@ class OtlpReceiver:
         with self._lock:
             reply = self.responses.popleft() if self.responses else Reply()
             delay = self.delay + reply.delay
+            self.started += 1  # seen, though not yet answered (a delayed reply is "in flight")
+            self._changed.notify_all()
         error: str | None = None
         req: ExportLogsServiceRequest | None = None
         status = reply.status

@@ -95,3 +95,44 @@ def test_a_second_instance_in_the_group_takes_partitions_without_loss(kafka, top
         return wanted <= {r["attributes"]["seq"] for r in receiver.records() if of_run(run_id)(r)}
     first.wait_until(all_arrived, 60, "every produced record at the collector")
     assert first.health()["kafka"]["forward"]["partitions"] + second.health()["kafka"]["forward"]["partitions"] == 4
+
+
+def test_an_unknown_topic_and_an_unreachable_broker_are_reported_clearly(kafka, service):
+    from devstack.ports import free_port
+    missing = service("no-such-topic", wait_ready=False)
+    missing.launch()
+    nowhere = service("logs", wait_ready=False, KAFKA_BROKER_URL=f"127.0.0.1:{free_port()}")
+    nowhere.launch()
+
+    def error_of(proc, words):
+        def check():
+            health = proc.health()
+            error = health and health["kafka"]["tail"].get("error", "")
+            return error if error and words in error else None
+        return check
+    assert "KAFKA_TOPIC" in missing.wait_until(error_of(missing, "does not exist"), 40, "the missing topic")
+    assert "KAFKA_BROKER_URL" in nowhere.wait_until(error_of(nowhere, "no Kafka broker reachable"), 40,
+                                                    "the unreachable broker")
+    for proc in (missing, nowhere):
+        assert proc.proc.poll() is None, "the process keeps running and serving"
+        assert "Traceback" not in proc.log_text()
+
+
+def test_sigterm_while_the_collector_hangs_ends_in_time_and_commits_nothing_unexported(kafka, topic, service,
+                                                                                      receiver, run_id):
+    name = topic(1)
+    group = f"group-{run_id}"
+    with OtlpReceiver() as hanging:
+        hanging.delay = 60.0  # every export hangs
+        proc = service(name, group=group, OTLP_ENDPOINT=hanging.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="60")
+        produce(kafka, name, values(run_id, 0, 200))
+        hanging.wait_started(1, timeout=20)  # an export is in flight
+        started = time.monotonic()
+        proc.signal(15)
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - started < 15, "inside graceful_timeout"
+    from tests.integration.test_pipeline import _committed
+    assert _committed(kafka, group, name, 1) == {0: None}, "nothing committed: nothing was accepted"
+    service(name, group=group)  # a healthy collector now: the next owner forwards everything
+    exported = receiver.wait_for_matching(of_run(run_id), 200, timeout=30)
+    assert set(r["attributes"]["seq"] for r in exported) == set(range(200))

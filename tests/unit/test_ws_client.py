@@ -194,3 +194,38 @@ def test_pause_holds_batches_within_the_bound_and_resume_tells_what_was_lost(pai
                 break
     assert orjson.loads(frames[-1][1]) == {"type": "dropped", "count": lost}
     assert len(frames) - 1 + lost == 20
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from logger.ws_client import ProtocolViolation, parse_frame  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=400))
+def test_random_bytes_from_a_client_never_escape_as_an_exception(data):
+    """Anything a client sends either parses, waits for more, or is a ProtocolViolation
+    carrying a close code we may send."""
+    offset = 0
+    try:
+        while (frame := parse_frame(data, offset, 1024)) is not None:
+            offset = frame[3]
+    except ProtocolViolation as exc:
+        assert exc.code in (1002, 1003, 1007, 1009)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(min_size=1, max_size=300))
+def test_a_client_sending_random_bytes_is_closed_cleanly_or_left_waiting(data):
+    server, peer = socket.socketpair()
+    client = WebSocketClient(server, "fuzz", max_message_bytes=1024)
+    client.start(lambda _c, _t: None, lambda _c: None)
+    client._receive(data)  # what the I/O callback does with whatever arrived
+    if client.closing:
+        opcode, payload = read_frame(peer)
+        # Our own codes for violations, or the peer's own (valid) code echoed back.
+        assert opcode == OP_CLOSE and (close_code(payload) in (1002, 1003, 1007, 1009)
+                                       or 1000 <= close_code(payload) <= 4999)
+    client.abort()
+    peer.close()
