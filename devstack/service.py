@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.ports import free_ports
+from devstack.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,13 +82,7 @@ class ServiceProcess:
             return None
 
     def wait_until(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = condition()
-            if result:
-                return result
-            time.sleep(0.05)
-        raise TimeoutError(f"timed out after {timeout}s waiting for {what}\n{self.log_tail()}")
+        return wait_until(condition, timeout, what, detail=self.log_tail)
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None

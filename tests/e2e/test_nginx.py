@@ -40,6 +40,7 @@ from devstack.nginx import (
 )
 from devstack.ports import free_port
 from devstack.service import ROOT, ServiceProcess
+from devstack.waiting import wait_until
 from tests.conftest import produce
 from tests.wsload import handshake
 
@@ -98,14 +99,7 @@ def ws_access_line(proxy: Nginx) -> str | None:
     return lines[-1] if lines else None
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+wait_for = wait_until
 
 
 # -- the shipped file ----------------------------------------------------------------
