@@ -11,6 +11,12 @@ three free ports that stay fixed for the object's lifetime, so ``restart()``
 comes back where clients expect it: PLAINTEXT (``bootstrap``), SASL_PLAINTEXT
 with PLAIN (``sasl_bootstrap``, user ``username``/``password``) and the
 controller. Topics are never auto-created: tests create what they use.
+
+``KafkaBroker(tls=True)`` adds a fourth listener, SASL_SSL with PLAIN for the
+same user (``sasl_ssl_bootstrap``), whose certificate, for 127.0.0.1 and
+localhost, is signed by a throwaway CA (``ca_file``) that
+:mod:`devstack.certs` makes in ``<data dir>/tls`` (or ``tls_dir``); an
+unrelated CA (``wrong_ca_file``) is there for negative tests. Off by default.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
+from devstack.certs import TlsFiles, make_certs
 from devstack.ports import free_ports
 
 KAFKA_VERSION = "4.4.0"
@@ -42,9 +49,9 @@ _SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port},CONTROLLER://127.0.0.1:{controller_port}{tls_listener}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}{tls_listener}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT{tls_protocol}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 sasl.enabled.mechanisms=PLAIN
@@ -74,6 +81,17 @@ log.cleaner.dedupe.buffer.size=8388608
 # expires: 9 s by default, 2 s here.
 broker.heartbeat.interval.ms=500
 broker.session.timeout.ms=2000
+"""
+
+# Added with tls=True: the SASL_SSL listener's JAAS and keystore (server side
+# only: clients are not asked for certificates, ssl.client.auth=none).
+_TLS_PROPERTIES = """\
+listener.name.sasl_ssl.plain.sasl.jaas.config={jaas}
+listener.name.sasl_ssl.ssl.keystore.type={keystore_type}
+listener.name.sasl_ssl.ssl.keystore.location={keystore}
+listener.name.sasl_ssl.ssl.keystore.password={keystore_password}
+listener.name.sasl_ssl.ssl.key.password={keystore_password}
+listener.name.sasl_ssl.ssl.client.auth=none
 """
 
 _LOG4J2 = """\
@@ -188,7 +206,8 @@ class KafkaBroker:
 
     def __init__(self, data_dir: Path | str | None = None, *, version: str = KAFKA_VERSION,
                  username: str = "logger", password: str = "logger-secret", heap: str = "384m",
-                 config: Mapping[str, str] | None = None) -> None:
+                 config: Mapping[str, str] | None = None, tls: bool = False,
+                 tls_dir: Path | str | None = None) -> None:
         self.version = version
         self.username = username
         self.password = password  # goes into a JAAS string: no quotes or backslashes
@@ -196,7 +215,13 @@ class KafkaBroker:
         self.extra_config = dict(config or {})  # server.properties overrides
         self._owns_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="kafka-"))
-        self.port, self.sasl_port, self.controller_port = free_ports(3)
+        self.tls = tls or tls_dir is not None
+        ports = free_ports(4 if self.tls else 3)
+        self.port, self.sasl_port, self.controller_port = ports[:3]
+        self.sasl_ssl_port: int | None = ports[3] if self.tls else None
+        # Made now (well under a second), so ca_file exists before start().
+        self.tls_files: TlsFiles | None = (make_certs(Path(tls_dir) if tls_dir else self.data_dir / "tls")
+                                           if self.tls else None)
         self.startup_seconds: float | None = None  # how long the last start() took
         self._proc: subprocess.Popen[bytes] | None = None
         self._archive_dump: tuple[Path, Path] | None = None  # (archive, file being written)
@@ -210,6 +235,28 @@ class KafkaBroker:
         return f"127.0.0.1:{self.sasl_port}"
 
     @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """The SASL_SSL (PLAIN) listener; only with ``tls=True``."""
+        if self.sasl_ssl_port is None:
+            raise KafkaHarnessError("this broker has no SASL_SSL listener: create it with KafkaBroker(tls=True)")
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def ca_file(self) -> str:
+        """PEM of the CA that signed the SASL_SSL listener's certificate; only with ``tls=True``."""
+        return str(self._tls().ca_file)
+
+    @property
+    def wrong_ca_file(self) -> str:
+        """PEM of a CA unrelated to the broker's certificate (verification against it fails)."""
+        return str(self._tls().wrong_ca_file)
+
+    def _tls(self) -> TlsFiles:
+        if self.tls_files is None:
+            raise KafkaHarnessError("this broker has no TLS: create it with KafkaBroker(tls=True)")
+        return self.tls_files
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "server.log"
 
@@ -217,8 +264,12 @@ class KafkaBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def client_config(self, *, sasl: bool = False) -> dict[str, Any]:
-        """kafka-python settings for the PLAINTEXT or the SASL/PLAIN listener."""
+    def client_config(self, *, sasl: bool = False, tls: bool = False) -> dict[str, Any]:
+        """kafka-python settings for the PLAINTEXT, the SASL/PLAIN or (``tls``) the SASL_SSL listener."""
+        if tls:
+            return {"bootstrap_servers": self.sasl_ssl_bootstrap, "security_protocol": "SASL_SSL",
+                    "ssl_cafile": self.ca_file, "sasl_mechanism": "PLAIN",
+                    "sasl_plain_username": self.username, "sasl_plain_password": self.password}
         if not sasl:
             return {"bootstrap_servers": self.bootstrap}
         return {"bootstrap_servers": self.sasl_bootstrap, "security_protocol": "SASL_PLAINTEXT",
@@ -342,9 +393,15 @@ class KafkaBroker:
     def _write_config(self) -> Path:
         jaas = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
                 f'user_{self.username}="{self.password}";')
+        tls = self.tls_files
         text = _SERVER_PROPERTIES.format(node_id=self.node_id, port=self.port, sasl_port=self.sasl_port,
                                          controller_port=self.controller_port, jaas=jaas,
-                                         log_dirs=self.data_dir / "logs")
+                                         log_dirs=self.data_dir / "logs",
+                                         tls_listener=f",SASL_SSL://127.0.0.1:{self.sasl_ssl_port}" if tls else "",
+                                         tls_protocol=",SASL_SSL:SASL_SSL" if tls else "")
+        if tls is not None:
+            text += _TLS_PROPERTIES.format(jaas=jaas, keystore_type=tls.keystore_type, keystore=tls.keystore,
+                                           keystore_password=tls.keystore_password)
         # Later keys win in a .properties file: overrides go last.
         text += "".join(f"{k}={v}\n" for k, v in self.extra_config.items())
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -370,6 +427,8 @@ class KafkaBroker:
     def _wait_ready(self, deadline: float) -> None:
         # Ready means what clients need: a metadata answer listing this broker.
         # (Kafka opens the client ports only once the broker is unfenced.)
+        # With TLS, the SASL_SSL listener must answer too (handshake and login).
+        pending = [self.client_config()] + ([self.client_config(tls=True)] if self.tls else [])
         last: Exception | None = None
         while time.monotonic() < deadline:
             assert self._proc is not None
@@ -377,17 +436,21 @@ class KafkaBroker:
                 raise KafkaHarnessError(f"Kafka exited with {self._proc.returncode}; "
                                         f"{self.log_path}:\n{_tail(self.log_path)}")
             try:  # kafka-python retries connecting inside bootstrap_timeout_ms
-                admin = self.admin(request_timeout_ms=2000, bootstrap_timeout_ms=2000,
+                admin = self.admin(**pending[0], request_timeout_ms=2000, bootstrap_timeout_ms=2000,
                                    reconnect_backoff_max_ms=200)
                 try:
                     if admin.describe_cluster().get("brokers"):
-                        return
+                        pending.pop(0)
+                        if not pending:
+                            return
+                        continue
                 finally:
                     admin.close()
             except Exception as exc:
                 last = exc
             time.sleep(0.1)
-        raise KafkaHarnessError(f"Kafka not ready on {self.bootstrap} (last error: {last}); "
+        where = pending[0]["bootstrap_servers"] if pending else self.bootstrap
+        raise KafkaHarnessError(f"Kafka not ready on {where} (last error: {last}); "
                                 f"{self.log_path}:\n{_tail(self.log_path)}")
 
     def _publish_archive(self, clean: bool) -> None:
@@ -409,16 +472,18 @@ def main(argv: list[str]) -> int:
                 pass
         print(libs)
         return 0
-    if argv[:1] == ["run"]:
-        with KafkaBroker() as broker:
+    if argv[:1] == ["run"] and argv[1:] in ([], ["--tls"]):
+        with KafkaBroker(tls=argv[1:] == ["--tls"]) as broker:
+            tls = (f", SASL_SSL {broker.sasl_ssl_bootstrap} (CA {broker.ca_file})"
+                   if broker.tls else "")
             print(f"Kafka {broker.version} up in {broker.startup_seconds:.1f}s: "
-                  f"PLAINTEXT {broker.bootstrap}, SASL_PLAINTEXT {broker.sasl_bootstrap} "
+                  f"PLAINTEXT {broker.bootstrap}, SASL_PLAINTEXT {broker.sasl_bootstrap}{tls} "
                   f"({broker.username}/{broker.password}); log {broker.log_path}", flush=True)
             # Blocked only now: the JVM inherits its parent's signal mask.
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0
-    print("usage: python -m devstack.kafka fetch|run", file=sys.stderr)
+    print("usage: python -m devstack.kafka fetch|run [--tls]", file=sys.stderr)
     return 2
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -98,7 +99,7 @@ class Settings:
             kafka_api_secret=api_secret,
             kafka_security_protocol=protocol,
             kafka_sasl_mechanism=env.choice("KAFKA_SASL_MECHANISM", SASL_MECHANISMS, "PLAIN", upper=True),
-            kafka_ca_file=env.parse("KAFKA_SSL_CA_FILE", None, _readable_file, "a readable PEM file"),
+            kafka_ca_file=env.parse("KAFKA_SSL_CA_FILE", None, _ca_file, "a readable PEM file of CA certificates"),
             kafka_topic=env.parse("KAFKA_TOPIC", "logs", _topic_name,
                                   "1-249 characters of letters, digits, '.', '_' or '-'"),
             kafka_group_id=env.text("KAFKA_GROUP_ID") or "log-events-group",
@@ -220,6 +221,16 @@ def _topic_name(raw: str) -> str:
 def _readable_file(raw: str) -> str:
     if not os.path.isfile(raw) or not os.access(raw, os.R_OK):
         raise ValueError(raw)
+    return raw
+
+
+def _ca_file(raw: str) -> str:
+    """A readable file that holds at least one PEM certificate (what kafka-python will load)."""
+    _readable_file(raw)
+    try:
+        ssl.create_default_context(cafile=raw)
+    except ssl.SSLError:  # [X509: NO_CERTIFICATE_OR_CRL_FOUND]: no certificate in it
+        raise ValueError(raw) from None
     return raw
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -40,6 +41,12 @@ from logger.records import LogRecord, decode
 from logger.status import DEGRADED, OK, STARTING, STOPPED, ComponentStatus
 
 log = logging.getLogger(__name__)
+
+# kafka-python appends the next retry's delay to its lines; kept in a message, it
+# would make every retry look like a new error (and be logged again).
+_RETRY_NOISE = re.compile(r"\s*\(backoff [\d.]+ secs\)")
+# "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ... (_ssl.c:1006)"
+_SSL_ERROR = re.compile(r"\[(?:SSL|X509): (?P<code>[A-Z0-9_]+)\] (?P<text>.+?)\.?(?: \(_ssl\.c:\d+\))?$")
 
 LAG_UPDATE_S = 2.0
 
@@ -95,6 +102,7 @@ class _KafkaClientLog(logging.Handler):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a log handler must never raise
             return
+        message = _RETRY_NOISE.sub("", message)
         lowered = message.lower()
         if "connection failed" in lowered or "connection lost" in lowered:
             now = time.time()
@@ -118,7 +126,8 @@ class _KafkaClientLog(logging.Handler):
         out: dict[str, Any] = {}
         now = time.time()
         if self.outage_started and now - self.last_failure <= self.OUTAGE_WINDOW_S:
-            out["outage"] = {"since": _iso(self.outage_started), "error": self.reason or "connection lost"}
+            out["outage"] = {"since": _iso(self.outage_started),
+                             "error": self.security_reason or self.reason or "connection lost"}
         elif self.outage_started:
             out["last_outage"] = {"from": _iso(self.outage_started), "to": _iso(self.last_failure)}
         elif self.last_outage:
@@ -150,14 +159,32 @@ def describe_kafka_error(exc: BaseException, settings: Settings) -> str:
     if isinstance(exc, kafka_errors.AuthorizationError):
         return f"Kafka refused access ({type(exc).__name__}) for topic {settings.kafka_topic!r}"
     if "certificate" in reason or "ssl" in reason:
-        return (f"TLS to Kafka at {brokers} failed ({cause or exc}): "
-                "check KAFKA_SSL_CA_FILE and KAFKA_SECURITY_PROTOCOL")
+        return _describe_tls(cause or str(exc), settings, brokers)
     if isinstance(exc, kafka_errors.KafkaTimeoutError) and "bootstrap" in str(exc).lower():
         return (f"no Kafka broker reachable at {brokers} over {settings.kafka_security_protocol}"
                 f"{' (' + cause + ')' if cause else ''}: check KAFKA_BROKER_URL")
     if isinstance(exc, _TopicMissing):
         return str(exc)
     return f"Kafka error: {type(exc).__name__}: {exc}"
+
+
+def _describe_tls(cause: str, settings: Settings, brokers: str) -> str:
+    found = _SSL_ERROR.search(cause)
+    code, detail = (found["code"], found["text"]) if found else ("", cause)
+    if code == "CERTIFICATE_VERIFY_FAILED" and "mismatch" in detail:
+        return (f"TLS to Kafka at {brokers} failed: the broker's certificate is not issued for that address "
+                f"({detail}): check KAFKA_BROKER_URL")
+    if code == "CERTIFICATE_VERIFY_FAILED":
+        trusted = (f"KAFKA_SSL_CA_FILE={settings.kafka_ca_file}" if settings.kafka_ca_file
+                   else "the system CAs (KAFKA_SSL_CA_FILE is not set)")
+        return (f"TLS to Kafka at {brokers} failed: the broker's certificate is not trusted by {trusted} "
+                f"({detail}): set KAFKA_SSL_CA_FILE to a PEM file with the CA that signed it")
+    if code in ("UNEXPECTED_EOF_WHILE_READING", "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE"):
+        return (f"TLS to Kafka at {brokers} failed: the broker did not answer TLS ({detail}): check that "
+                f"KAFKA_BROKER_URL is a TLS listener, or KAFKA_SECURITY_PROTOCOL "
+                f"(now {settings.kafka_security_protocol})")
+    return (f"TLS to Kafka at {brokers} failed ({detail}): "
+            "check KAFKA_SSL_CA_FILE and KAFKA_SECURITY_PROTOCOL")
 
 
 class _TopicMissing(Exception):
