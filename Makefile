@@ -1,12 +1,13 @@
 # The two commands of the README, and what they need.
 #   make run   - the service; with no KAFKA_BROKER_URL, a local Kafka and collector too
 #   make test  - every test, against real Kafka, a real collector and real Gunicorn
+#   make demo  - make run's stack plus synthetic logs; open the printed /viewer URL
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test unit kafka-jars bench clean
+.PHONY: run demo test unit kafka-jars bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ kafka-jars: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	$(PY) -m devstack
+
+demo: $(VENV)/.installed
+	$(PY) -m devstack.demo
 
 test: kafka-jars
 	$(PY) -m pytest

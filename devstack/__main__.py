@@ -24,26 +24,35 @@ from devstack.service import ROOT
 STATE = Path(os.environ.get("LOGGER_SERVICE_CACHE", Path.home() / ".cache" / "logger-service")) / "devstack.env"
 
 
+def start_dependencies(stack: ExitStack, env: dict[str, str]) -> str:
+    """Start what ``env`` does not point at -- a local Kafka (with the topic) and a Rotel
+    collector -- on ``stack``, set their addresses in ``env``, and record the broker in STATE
+    for ``produce``. Returns the topic. Shared by ``run`` and ``devstack.demo``."""
+    topic = env.setdefault("KAFKA_TOPIC", "logs")
+    if not env.get("KAFKA_BROKER_URL"):
+        from devstack.kafka import KafkaBroker
+        print("devstack: starting a local Kafka (first run fetches its jars with Maven) ...", flush=True)
+        broker = stack.enter_context(KafkaBroker())
+        broker.create_topic(topic, partitions=3)
+        env["KAFKA_BROKER_URL"] = broker.bootstrap
+        print(f"devstack: Kafka at {broker.bootstrap}, topic {topic!r}, log {broker.log_path}")
+    if not any(env.get(v) for v in ("OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                                    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")):
+        from devstack.collector import RotelCollector
+        collector = stack.enter_context(RotelCollector(forward_to=None, debug_log=True))
+        collector.start()
+        env["OTLP_ENDPOINT"] = collector.endpoint
+        print(f"devstack: OTLP collector (Rotel) at {collector.endpoint}; what it receives: {collector.log_path}")
+    STATE.parent.mkdir(parents=True, exist_ok=True)
+    STATE.write_text(f"KAFKA_BROKER_URL={env['KAFKA_BROKER_URL']}\nKAFKA_TOPIC={topic}\n")
+    stack.callback(STATE.unlink, missing_ok=True)
+    return topic
+
+
 def run() -> int:
     env = dict(os.environ)
-    topic = env.setdefault("KAFKA_TOPIC", "logs")
     with ExitStack() as stack:
-        if not env.get("KAFKA_BROKER_URL"):
-            from devstack.kafka import KafkaBroker
-            print("devstack: starting a local Kafka (first run fetches its jars with Maven) ...", flush=True)
-            broker = stack.enter_context(KafkaBroker())
-            broker.create_topic(topic, partitions=3)
-            env["KAFKA_BROKER_URL"] = broker.bootstrap
-            print(f"devstack: Kafka at {broker.bootstrap}, topic {topic!r}, log {broker.log_path}")
-        if not any(env.get(v) for v in ("OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT",
-                                        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")):
-            from devstack.collector import RotelCollector
-            collector = stack.enter_context(RotelCollector(forward_to=None, debug_log=True))
-            collector.start()
-            env["OTLP_ENDPOINT"] = collector.endpoint
-            print(f"devstack: OTLP collector (Rotel) at {collector.endpoint}; what it receives: {collector.log_path}")
-        STATE.parent.mkdir(parents=True, exist_ok=True)
-        STATE.write_text(f"KAFKA_BROKER_URL={env['KAFKA_BROKER_URL']}\nKAFKA_TOPIC={topic}\n")
+        start_dependencies(stack, env)
         port = env.setdefault("PORT", "6006")
         print(f"devstack: service on http://localhost:{port}/health ; live logs: wscat -c ws://localhost:{port}/ws\n"
               f"devstack: send a log line:  .venv/bin/python -m devstack produce '{{\"level\":\"info\","
@@ -55,8 +64,6 @@ def run() -> int:
         except KeyboardInterrupt:
             gunicorn.send_signal(signal.SIGTERM)  # the terminal's SIGINT reached it too; both drain
             return gunicorn.wait()
-        finally:
-            STATE.unlink(missing_ok=True)
 
 
 def produce(texts: list[str]) -> int:

@@ -498,6 +498,9 @@ class RotelCollector:
                 self._proc = subprocess.Popen(
                     self._args(self.port, grpc_port, workdir),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    # Its own session: a Ctrl-C at the terminal must not stop the collector
+                    # before the service has drained its last batch into it.
+                    start_new_session=True,
                 )
             error = self._wait_ready(timeout)
             if not error:

@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None, service: LogService | None = No
 
     if settings.ingest_token:
         app.register_blueprint(ingest_blueprint(settings.ingest_token))
+    from logger.viewer import viewer_blueprint
+    app.register_blueprint(viewer_blueprint())
     app.wsgi_app = WebSocketRoute(app.wsgi_app, service)  # type: ignore[method-assign]
     return app
 

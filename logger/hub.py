@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import gevent
 import orjson
@@ -109,11 +109,13 @@ class Hub:
         """Raise Refusal unless this upgrade request may become a client.
 
         CORS does not protect WebSockets: a page on any origin may open one.
-        A browser always sends ``Origin``, so a foreign one is refused;
+        A browser always sends ``Origin``, so one that is neither a configured
+        front end nor this service's own host (its viewer) is refused;
         non-browser clients (wscat, services) send none and are let in.
         """
         origin = environ.get("HTTP_ORIGIN")
-        if origin and origin.rstrip("/").lower() not in self.settings.cors_origins:
+        if origin and origin.rstrip("/").lower() not in self.settings.cors_origins \
+                and not _same_host(origin, environ.get("HTTP_HOST", "")):
             self.counters["refused_origin"] += 1
             raise Refusal("403 Forbidden", f"origin {origin!r} is not allowed")
         if not self.accepting:
@@ -270,6 +272,11 @@ class Hub:
         for client in tuple(self._clients):
             client.abort()
 
+
+
+def _same_host(origin: str, host: str) -> bool:
+    """A page served by this very service (the viewer, say): its origin names our Host."""
+    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
 
 
 def _logs_frame(records: list[dict[str, Any]], replay: bool = False) -> bytes:

@@ -274,10 +274,12 @@ class TailReader(_Reader):
     role = "tail"
 
     def __init__(self, settings: Settings, status: ComponentStatus,
-                 publish: Callable[[list[LogRecord]], Any]) -> None:
+                 publish: Callable[[list[LogRecord]], Any],
+                 positioned: Callable[[str, int, int], None] | None = None) -> None:
         super().__init__(settings, status, Batcher(settings.tail_batch_size, settings.tail_batch_interval_s,
                                                    settings.batch_max_bytes))
         self.publish = publish
+        self.positioned = positioned  # told where each partition starts, for resume gaps
         self.partition_refresh_s = settings.partition_refresh_s
         self._next_refresh = 0.0
         self._next_offsets: dict[TopicPartition, int] = {}
@@ -293,7 +295,9 @@ class TailReader(_Reader):
         for tp in partitions:
             if tp in self._next_offsets:
                 consumer.seek(tp, self._next_offsets[tp])
-            consumer.position(tp)  # resolve now, so "ok" means records produced from here on are seen
+            start = consumer.position(tp)  # resolve now, so "ok" means records produced from here on are seen
+            if self.positioned is not None:
+                self.positioned(tp.topic, tp.partition, start)
         self._next_refresh = time.monotonic() + self.partition_refresh_s
         self.status.set(OK)
         self.status.counters["partitions"] = len(partitions)

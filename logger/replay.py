@@ -56,6 +56,14 @@ class ReplayRing:
             self._bytes -= old.size + RECORD_OVERHEAD
             self._floor[(old.topic, old.partition)] = old.offset + 1
 
+    def mark_start(self, topic: str, partition: int, next_offset: int) -> None:
+        """The tail starts reading ``partition`` at ``next_offset``: anything before it was
+        never here, so a client resuming from further back is told about the gap."""
+        key = (topic, partition)
+        if key not in self._last:
+            self._last[key] = next_offset - 1
+            self._floor[key] = next_offset
+
     def positions(self) -> list[str]:
         """Where the live stream stands: ``topic:partition:offset`` of the last record published."""
         return [f"{topic}:{partition}:{offset}" for (topic, partition), offset in sorted(self._last.items())]

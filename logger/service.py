@@ -57,7 +57,7 @@ class LogService:
         self._started = True
         settings = self.settings
         if settings.tail_enabled:
-            reader = TailReader(settings, self.tail, self.hub.publish)
+            reader = TailReader(settings, self.tail, self.hub.publish, self.hub.ring.mark_start)
             self._readers.append(gevent.spawn(reader.run, self._stop))
         if settings.forward_enabled:
             self._sink = OtlpSink(settings.otlp_endpoint, self.collector)

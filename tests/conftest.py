@@ -74,11 +74,11 @@ def service(kafka: KafkaBroker, collector: RotelCollector, tmp_path: Any) -> Ite
     """Factory: the real service under Gunicorn, wired to the test broker and collector."""
     with ExitStack() as stack:
         def start(topic: str, *, workers: int = 1, group: str | None = None, wait_ready: bool = True,
-                  **env: str) -> ServiceProcess:
+                  port: int | None = None, **env: str) -> ServiceProcess:
             environ = {"KAFKA_BROKER_URL": kafka.bootstrap, "KAFKA_TOPIC": topic,
                        "KAFKA_GROUP_ID": group or f"group-{topic}", "OTLP_ENDPOINT": collector.endpoint,
                        "FORWARD_BATCH_INTERVAL_MS": "100", "ACCESS_LOG": "false", **env}
-            proc = ServiceProcess(environ, workers=workers, log_dir=tmp_path)
+            proc = ServiceProcess(environ, workers=workers, port=port, log_dir=tmp_path)
             stack.callback(proc.stop)
             if wait_ready:
                 proc.start(ready=readers_ok)

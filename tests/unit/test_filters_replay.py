@@ -179,3 +179,23 @@ def test_client_messages_get_answers():
         client.on_text(client, text)
         last = client.messages()[-1]
         assert last == reply if isinstance(reply, dict) else (last["type"] == "error" and reply in last["error"])
+
+
+def test_a_ring_that_started_late_reports_what_came_before_as_a_gap():
+    ring = ReplayRing(max_records=100, max_bytes=1 << 20)
+    ring.mark_start("logs", 0, 50)  # a restarted worker reads from offset 50 on
+    missed, gaps = ring.since(EVERYTHING, {("logs", 0): 40})
+    assert missed == [] and [g.as_dict() for g in gaps] == [{"topic": "logs", "partition": 0, "from": 41,
+                                                              "to": 49}]
+    ring.add([rec(50), rec(51)])
+    missed, gaps = ring.since(EVERYTHING, {("logs", 0): 49})
+    assert [r.offset for r in missed] == [50, 51] and gaps == []
+    ring.mark_start("logs", 0, 99)  # a reconnect later changes nothing
+    assert ring.positions() == ["logs:0:51"]
+
+
+def test_the_services_own_pages_may_open_websockets():
+    hub = Hub(Settings())
+    hub.admit({"HTTP_ORIGIN": "http://logs.example.com:6006", "HTTP_HOST": "logs.example.com:6006"})
+    with pytest.raises(Refusal):
+        hub.admit({"HTTP_ORIGIN": "http://evil.example.com", "HTTP_HOST": "logs.example.com:6006"})

@@ -1,0 +1,851 @@
+// logger-service live viewer: speaks the /ws protocol (README, docs/ws-protocol.schema.json).
+// No build step and no dependencies: plain DOM, one WebSocket to the host that served the page.
+//
+// Page parameters (all optional): max (rows kept, default 1000), tail (records replayed on the
+// first connection, default 100), level, service, q, regex (the filter to start with) and
+// attr.<path>=<value> (attribute conditions, kept until "Reset filter").
+(() => {
+  "use strict";
+
+  const LEVELS = ["trace", "debug", "info", "warn", "error", "fatal"];
+  const RETRY_BASE_MS = 500;
+  const RETRY_MAX_MS = 10000;
+  const PONG_TIMEOUT_MS = 10000;
+  const DUPLICATE_WINDOW = 1000; // an offset this far behind the last one seen is a reset topic, not a repeat
+  const MAX_NOTICES = 5;
+  const FILTER_DEBOUNCE_MS = 500;
+
+  const params = new URLSearchParams(location.search);
+  const MAX_ROWS = intParam("max", 1000, 10, 100000);
+  const TAIL = intParam("tail", 100, 0, 100000);
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    status: $("status"), statusText: $("status-text"), serverInfo: $("server-info"),
+    form: $("filters"), level: $("level"), service: $("service"), q: $("q"), regex: $("regex"),
+    resetFilter: $("reset-filter"), pause: $("pause"), clear: $("clear"), follow: $("follow"),
+    reconnect: $("reconnect"), received: $("count-received"), shown: $("count-shown"),
+    maxRows: $("max-rows"), dropped: $("count-dropped"), activeFilter: $("active-filter"),
+    notices: $("notices"), scroller: $("scroller"), rows: $("rows"), empty: $("empty"),
+  };
+
+  const state = {
+    ws: null,
+    gotHello: false,        // on the current connection
+    connections: 0,         // hellos received so far
+    attempt: 0,             // reconnect attempts since the last hello
+    retryTimer: 0,
+    probed: 0,              // /health probes during this outage
+    refusals: 0,            // failed upgrades while plain HTTP worked, since the last hello
+    noTail: false,          // the server refused ?tail= (it keeps fewer records): ask for none
+    plainQuery: false,      // connect without filter and tail (the server refused them)
+    queryHad: { tail: false, filter: false },
+    positions: new Map(),   // "topic:partition" -> offset: where to resume (?since=)
+    seen: new Map(),        // "topic:partition" -> offset of the last record shown (duplicates)
+    active: {},             // the filter the server confirmed (hello, subscribed)
+    attributes: attributeParams(), // attr.* conditions from the page URL
+    subscribing: false,
+    paused: false,          // what the user asked for
+    serverPaused: false,    // what the server confirmed
+    held: [],               // records that arrived after Pause was pressed
+    received: 0,
+    dropped: 0,
+    recordRows: 0,
+    follow: true,
+    unseen: 0,
+    current: null,          // the row that has tabindex=0 (roving tabindex)
+    lastMessageAt: 0,
+    pingSentAt: 0,
+    pingIntervalMs: 25000,
+  };
+  const recordOf = new WeakMap();
+  let detailsId = 0;
+  let filterTimer = 0;
+
+  // -- formatting ---------------------------------------------------------------------------
+
+  const numberFormat = new Intl.NumberFormat("en");
+  const fmt = (n) => numberFormat.format(n);
+  const pad = (n, width = 2) => String(n).padStart(width, "0");
+
+  function intParam(name, fallback, low, high) {
+    const raw = params.get(name);
+    if (raw === null || !/^\d+$/.test(raw)) return fallback;
+    return Math.min(high, Math.max(low, Number(raw)));
+  }
+
+  function attributeParams() {
+    const out = {};
+    for (const [key, value] of params) {
+      if (key.startsWith("attr.") && key.length > 5) out[key.slice(5)] = value;
+    }
+    return out;
+  }
+
+  function parseTime(iso) {
+    // "2026-11-27T11:36:57.123456789Z": Date keeps milliseconds.
+    const date = new Date(typeof iso === "string" && iso.length > 23 ? iso.slice(0, 23) + "Z" : iso);
+    return Number.isNaN(date.getTime()) ? null : date;
+  }
+
+  function shortTime(iso) {
+    const d = parseTime(iso);
+    if (!d) return String(iso);
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+  }
+
+  function localTime(iso) {
+    const d = parseTime(iso);
+    return d ? `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${shortTime(iso)}` : null;
+  }
+
+  function longTime(iso) {
+    const local = localTime(iso);
+    return local ? `${local} local (${iso})` : String(iso);
+  }
+
+  function describeFilter(f) {
+    const parts = [];
+    if (f.level) parts.push(`level ≥ ${f.level}`);
+    if (f.service && f.service.length) parts.push(`service ${f.service.join(", ")}`);
+    if (f.q) parts.push(`text “${f.q}”`);
+    if (f.regex) parts.push(`regex /${f.regex}/`);
+    for (const [k, v] of Object.entries(f.attributes || {})) parts.push(`${k} = ${v}`);
+    return parts.length ? parts.join(" · ") : "everything";
+  }
+
+  function closeReason(code) {
+    switch (code) {
+      case 1000: return "The server closed the connection";
+      case 1001: return "The server is restarting";
+      case 1008: return "The server closed the connection (this page fell behind)";
+      case 1011: return "The server stopped hearing from this page";
+      case 4000: return "The server stopped answering";
+      default: return "The connection was lost";
+    }
+  }
+
+  // -- filters ------------------------------------------------------------------------------
+
+  function desiredFilter() {
+    const f = {};
+    if (LEVELS.includes(el.level.value)) f.level = el.level.value;
+    const services = el.service.value.split(",").map((s) => s.trim()).filter(Boolean);
+    if (services.length) f.service = services;
+    const text = el.q.value;
+    if (text.trim()) {
+      if (el.regex.checked) f.regex = text;
+      else f.q = text;
+    }
+    if (Object.keys(state.attributes).length) f.attributes = { ...state.attributes };
+    return f;
+  }
+
+  function canonical(f) {
+    // As the server describes a filter: services sorted, text lower-cased.
+    const attributes = Object.entries(f.attributes || {}).map(([k, v]) => [k, String(v)]).sort();
+    return JSON.stringify([f.level || "", [...(f.service || [])].sort(), (f.q || "").toLowerCase(),
+      f.regex || "", attributes]);
+  }
+
+  const sameFilter = (a, b) => canonical(a) === canonical(b);
+
+  function appendFilter(query, f) {
+    if (f.level) query.set("level", f.level);
+    if (f.service && f.service.length) query.set("service", f.service.join(","));
+    if (f.q) query.set("q", f.q);
+    if (f.regex) query.set("regex", f.regex);
+    for (const [k, v] of Object.entries(f.attributes || {})) query.set(`attr.${k}`, String(v));
+  }
+
+  function loadFilterFromPage() {
+    const level = (params.get("level") || "").toLowerCase();
+    if (LEVELS.includes(level)) el.level.value = level;
+    el.service.value = params.getAll("service").join(", ");
+    if (params.get("regex")) {
+      el.q.value = params.get("regex");
+      el.regex.checked = true;
+    } else {
+      el.q.value = params.get("q") || "";
+    }
+  }
+
+  function rememberFilterInPage(f) {
+    // Reloading or bookmarking the page keeps the filter (no request is made).
+    const query = new URLSearchParams();
+    for (const [k, v] of params) {
+      if (["max", "tail"].includes(k)) query.set(k, v);
+    }
+    appendFilter(query, f);
+    const search = query.toString();
+    history.replaceState(null, "", location.pathname + (search ? `?${search}` : "") + location.hash);
+  }
+
+  function applyFilter() {
+    clearTimeout(filterTimer);
+    const wanted = desiredFilter();
+    rememberFilterInPage(wanted);
+    if (sameFilter(wanted, state.active)) {
+      state.subscribing = false;
+      markFilterInvalid(false);
+      return;
+    }
+    if (state.gotHello) sendSubscribe(wanted);
+    // Not connected: the next hello compares and subscribes.
+  }
+
+  function sendSubscribe(f) {
+    state.subscribing = true;
+    send({ type: "subscribe", ...f });
+    el.activeFilter.textContent = `Filter: ${describeFilter(f)} (applying…)`;
+  }
+
+  function markFilterInvalid(invalid) {
+    for (const input of [el.service, el.q]) {
+      if (invalid) input.setAttribute("aria-invalid", "true");
+      else input.removeAttribute("aria-invalid");
+    }
+  }
+
+  function showActiveFilter() {
+    el.activeFilter.textContent = `Filter: ${describeFilter(state.active)}`;
+  }
+
+  // -- connection ---------------------------------------------------------------------------
+
+  function wsUrl() {
+    const url = new URL("ws", location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    url.hash = "";
+    const query = new URLSearchParams();
+    if (!state.plainQuery) appendFilter(query, state.connections ? state.active : desiredFilter());
+    const filtered = [...query.keys()].length > 0;
+    if (state.positions.size) {
+      query.set("since", [...state.positions].map(([key, offset]) => `${key}:${offset}`).join(","));
+    } else if (!state.connections && TAIL && !state.noTail && !state.plainQuery) {
+      query.set("tail", String(TAIL));
+    }
+    state.queryHad = { tail: query.has("tail"), filter: filtered };
+    url.search = query.toString();
+    return url.href;
+  }
+
+  function connect() {
+    clearTimeout(state.retryTimer);
+    state.retryTimer = 0;
+    if (state.ws) return;
+    el.reconnect.hidden = true;
+    setStatus("connecting", state.connections ? "Reconnecting…" : "Connecting…");
+    let ws;
+    try {
+      ws = new WebSocket(wsUrl());
+    } catch (error) {
+      notice("error", `Cannot open the WebSocket: ${error.message}`);
+      return;
+    }
+    state.ws = ws;
+    state.gotHello = false;
+    ws.onmessage = (event) => { if (state.ws === ws) onMessage(event.data); };
+    ws.onclose = (event) => { if (state.ws === ws) lost(event.code); };
+    ws.onerror = () => {}; // a close event follows
+  }
+
+  function lost(code) {
+    const wasLive = state.gotHello;
+    state.ws = null;
+    state.gotHello = false;
+    state.serverPaused = false;
+    state.pingSentAt = 0;
+    if (wasLive) marker("lost", `${closeReason(code)} (code ${code}).`);
+    scheduleReconnect(wasLive ? closeReason(code) : "Cannot reach the server");
+    if (!wasLive) probe(state.queryHad);
+  }
+
+  function dropSocket(code) {
+    // A connection that stopped answering: forget it now rather than wait for TCP.
+    const ws = state.ws;
+    if (!ws) return;
+    ws.onmessage = ws.onclose = null;
+    try { ws.close(); } catch (_) { /* already closing */ }
+    lost(code);
+  }
+
+  function scheduleReconnect(why) {
+    const step = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** state.attempt);
+    const delay = Math.round(step / 2 + (Math.random() * step) / 2);
+    state.attempt += 1;
+    setStatus("waiting", `${why}. Reconnecting in ${Math.max(1, Math.round(delay / 1000))} s (attempt ${state.attempt})…`);
+    el.reconnect.hidden = false;
+    clearTimeout(state.retryTimer);
+    state.retryTimer = setTimeout(connect, delay);
+  }
+
+  function reconnectNow() {
+    if (state.ws) return;
+    state.attempt = 0;
+    connect();
+  }
+
+  async function probe(had) {
+    // An upgrade failed. If plain HTTP works, the server is up and refused it: a ?tail= larger
+    // than it keeps (400), a filter it rejected (400), this page's origin (403) or a full or
+    // stopping worker (503). Browsers do not tell which, so find out by elimination.
+    if (state.probed >= 6) return;
+    state.probed += 1;
+    let up = false;
+    try {
+      const response = await fetch(new URL("health", location.href), { cache: "no-store" });
+      up = response.ok || response.status === 503;
+    } catch (_) {
+      return; // the server is down: keep retrying quietly
+    }
+    if (!up || state.gotHello) return;
+    if (had.tail) {
+      state.noTail = true; // no history then, rather than no connection
+      retrySoon();
+      return;
+    }
+    state.refusals += 1;
+    if (state.refusals < 2) return; // once may be a server that has just come back
+    if (had.filter) {
+      state.plainQuery = true;
+      notice("error", "The server refused the connection with this filter; connecting without it.");
+      retrySoon();
+    } else if (state.refusals === 2) {
+      notice("error", `The server answers but refuses the live connection. This page's origin (${location.origin}) `
+        + "may not be allowed: add it to FRONTEND_URL, FRONTEND_SELLER_URL or FRONTEND_ADMIN_URL. "
+        + "Or the server is full or shutting down.");
+    }
+  }
+
+  function retrySoon() {
+    if (state.ws) return;
+    clearTimeout(state.retryTimer);
+    state.retryTimer = setTimeout(connect, 100);
+  }
+
+  function send(message) {
+    if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(message));
+  }
+
+  function keepalive() {
+    if (!state.ws || !state.gotHello) return;
+    const now = Date.now();
+    if (state.pingSentAt) {
+      if (now - state.pingSentAt > PONG_TIMEOUT_MS) dropSocket(4000);
+    } else if (now - state.lastMessageAt > state.pingIntervalMs) {
+      state.pingSentAt = now;
+      send({ type: "ping" });
+    }
+  }
+
+  // -- protocol -----------------------------------------------------------------------------
+
+  function onMessage(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch (_) {
+      return;
+    }
+    if (!message || typeof message !== "object") return;
+    state.lastMessageAt = Date.now();
+    state.pingSentAt = 0;
+    switch (message.type) {
+      case "hello": onHello(message); break;
+      case "logs": onLogs(message); break;
+      case "gap": onGap(message); break;
+      case "dropped": onDropped(message); break;
+      case "subscribed": onSubscribed(message); break;
+      case "paused": state.serverPaused = true; showLiveStatus(); break;
+      case "resumed": state.serverPaused = false; showLiveStatus(); break;
+      case "pong": break;
+      case "error": onError(message); break;
+      default: break; // newer servers may say more
+    }
+  }
+
+  function onHello(hello) {
+    const reconnected = state.connections > 0;
+    state.gotHello = true;
+    state.connections += 1;
+    state.attempt = 0;
+    state.probed = 0;
+    state.refusals = 0;
+    state.plainQuery = false;
+    state.pingIntervalMs = Math.max(1000, (Number(hello.ping_interval_s) || 25) * 1000);
+    for (const position of hello.positions || []) {
+      const cut = position.lastIndexOf(":");
+      const key = position.slice(0, cut);
+      const offset = Number(position.slice(cut + 1));
+      if (!(state.positions.get(key) >= offset)) state.positions.set(key, offset);
+    }
+    state.active = hello.filter || {};
+    showActiveFilter();
+    el.serverInfo.textContent = `topic ${hello.topic} · worker ${hello.worker} · ${hello.server} ${hello.version}`;
+    el.reconnect.hidden = true;
+    if (reconnected) marker("connected", "Reconnected: continuing after the last record received.");
+    const wanted = desiredFilter();
+    if (!sameFilter(wanted, state.active)) sendSubscribe(wanted);
+    else state.subscribing = false;
+    if (state.paused) send({ type: "pause" });
+    showLiveStatus();
+  }
+
+  function onLogs(message) {
+    const fresh = [];
+    for (const record of message.records || []) {
+      const key = `${record.topic}:${record.partition}`;
+      const last = state.seen.get(key);
+      if (last !== undefined && record.offset <= last && last - record.offset <= DUPLICATE_WINDOW) continue;
+      state.seen.set(key, record.offset);
+      if (!message.replay || !(state.positions.get(key) >= record.offset)) state.positions.set(key, record.offset);
+      fresh.push(record);
+    }
+    if (!fresh.length) return;
+    state.received += fresh.length;
+    if (state.paused) {
+      state.held.push(...fresh.map((record) => [record, Boolean(message.replay)]));
+      if (state.held.length > MAX_ROWS) state.held.splice(0, state.held.length - MAX_ROWS);
+    } else {
+      render(fresh.map((record) => [record, Boolean(message.replay)]));
+    }
+    updateCounters();
+  }
+
+  function onGap(message) {
+    let missed = 0;
+    const where = [];
+    for (const p of message.partitions || []) {
+      missed += p.to - p.from + 1;
+      where.push(`${p.topic} partition ${p.partition}, offsets ${fmt(p.from)}–${fmt(p.to)}`);
+    }
+    const text = `${fmt(missed)} record${missed === 1 ? "" : "s"} published while this page was away `
+      + `are no longer held by the server and are not shown (${where.join("; ")}).`;
+    notice("gap", `Gap: ${text}`);
+    marker("gap", `Gap: ${text}`);
+  }
+
+  function onDropped(message) {
+    const count = Number(message.count) || 0;
+    state.dropped += count;
+    updateCounters();
+    const text = `The server dropped ${fmt(count)} batch${count === 1 ? "" : "es"} of records because this page `
+      + "fell behind or stayed paused too long.";
+    notice("dropped", text);
+    marker("dropped", text);
+  }
+
+  function onSubscribed(message) {
+    state.active = message.filter || {};
+    state.subscribing = false;
+    markFilterInvalid(false);
+    showActiveFilter();
+    marker("filter", `Filter changed: ${describeFilter(state.active)}.`);
+  }
+
+  function onError(message) {
+    if (state.subscribing) {
+      state.subscribing = false;
+      markFilterInvalid(true);
+      showActiveFilter();
+      notice("error", `Filter not applied: ${message.error}. The previous filter stays in effect.`);
+    } else {
+      notice("error", `The server answered: ${message.error}`);
+    }
+  }
+
+  // -- pause --------------------------------------------------------------------------------
+
+  function togglePause() {
+    state.paused = !state.paused;
+    el.pause.setAttribute("aria-pressed", String(state.paused));
+    el.pause.textContent = state.paused ? "Resume" : "Pause";
+    if (state.paused) {
+      send({ type: "pause" });
+    } else {
+      send({ type: "resume" });
+      const held = state.held;
+      state.held = [];
+      if (held.length) render(held);
+    }
+    showLiveStatus();
+  }
+
+  // -- status, counters, notices --------------------------------------------------------------
+
+  function setStatus(kind, text) {
+    el.status.dataset.state = kind;
+    if (el.statusText.textContent !== text) el.statusText.textContent = text;
+  }
+
+  function showLiveStatus() {
+    if (!state.gotHello) return;
+    if (state.paused && state.serverPaused) setStatus("paused", "Paused: new records wait on the server");
+    else if (state.paused) setStatus("paused", "Pausing…");
+    else setStatus("live", "Live");
+  }
+
+  function updateCounters() {
+    el.received.textContent = fmt(state.received);
+    el.shown.textContent = fmt(state.recordRows);
+    el.dropped.textContent = fmt(state.dropped);
+  }
+
+  function notice(kind, text) {
+    const last = el.notices.lastElementChild;
+    if (last && last.querySelector("p").textContent === text) last.remove(); // said again: move it last
+    const box = document.createElement("div");
+    box.className = `notice notice-${kind}`;
+    const p = document.createElement("p");
+    p.textContent = text;
+    const dismiss = document.createElement("button");
+    dismiss.type = "button";
+    dismiss.className = "dismiss";
+    dismiss.textContent = "Dismiss";
+    dismiss.setAttribute("aria-label", "Dismiss notice");
+    dismiss.addEventListener("click", () => {
+      const next = box.nextElementSibling || box.previousElementSibling;
+      box.remove();
+      if (next) next.querySelector("button").focus();
+      else el.pause.focus();
+    });
+    box.append(p, dismiss);
+    el.notices.append(box);
+    while (el.notices.childElementCount > MAX_NOTICES) el.notices.firstElementChild.remove();
+  }
+
+  // -- rows ---------------------------------------------------------------------------------
+
+  function cell(className, text) {
+    const td = document.createElement("td");
+    td.className = className;
+    if (text !== undefined) td.textContent = text;
+    return td;
+  }
+
+  function makeRow(record, replay) {
+    const level = LEVELS.includes(record.level) ? record.level : "unknown";
+    const tr = document.createElement("tr");
+    tr.className = `rec lvl-${level}${replay ? " replay" : ""}${record.malformed ? " malformed" : ""}`;
+    tr.tabIndex = -1;
+    tr.setAttribute("aria-expanded", "false");
+
+    const timeCell = cell("t");
+    const time = document.createElement("time");
+    time.dateTime = record.time;
+    time.textContent = shortTime(record.time);
+    time.title = longTime(record.time) + (replay ? " · replayed history" : "");
+    timeCell.append(time);
+
+    const levelCell = cell("l");
+    const badge = document.createElement("span");
+    badge.className = `badge lvl-${level}`;
+    badge.textContent = level.toUpperCase();
+    levelCell.append(badge);
+
+    const messageCell = cell("m");
+    if (record.malformed) {
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = record.malformed === "not_json" ? "not JSON" : record.malformed.replace("_", " ");
+      messageCell.append(tag, " ");
+    }
+    messageCell.append(String(record.message));
+
+    tr.append(timeCell, levelCell, cell("s", String(record.service)), messageCell);
+    recordOf.set(tr, record);
+    return tr;
+  }
+
+  function marker(kind, text) {
+    const tr = document.createElement("tr");
+    tr.className = `marker marker-${kind}`;
+    const td = cell("", text);
+    td.colSpan = 4;
+    tr.append(td);
+    appendRows([tr], 0);
+  }
+
+  function render(items) {
+    const rows = items.slice(-MAX_ROWS).map(([record, replay]) => makeRow(record, replay));
+    appendRows(rows, rows.length);
+  }
+
+  function appendRows(rows, records) {
+    const s = el.scroller;
+    const fragment = document.createDocumentFragment();
+    fragment.append(...rows);
+    el.rows.append(fragment);
+    state.recordRows += records;
+    trim();
+    if (!state.current) setCurrent(lastRecordRow());
+    el.empty.hidden = el.rows.childElementCount > 0;
+    if (state.follow) {
+      s.scrollTop = s.scrollHeight;
+    } else {
+      state.unseen += records;
+    }
+    updateFollowButton();
+    updateCounters();
+  }
+
+  function lastRecordRow() {
+    for (let row = el.rows.lastElementChild; row; row = row.previousElementSibling) {
+      if (row.classList.contains("rec")) return row;
+    }
+    return null;
+  }
+
+  function trim() {
+    const rows = el.rows;
+    let focusLost = false;
+    const removeFirst = () => {
+      const first = rows.firstElementChild;
+      if (first.classList.contains("rec")) state.recordRows -= 1;
+      if (first === state.current) state.current = null;
+      if (first.contains(document.activeElement)) focusLost = true;
+      first.remove();
+    };
+    // Oldest first; markers count towards a looser bound so they cannot pile up either.
+    while (rows.firstElementChild && (state.recordRows > MAX_ROWS || rows.childElementCount > 2 * MAX_ROWS + 50)) {
+      removeFirst();
+    }
+    while (rows.firstElementChild && rows.firstElementChild.classList.contains("details")) removeFirst();
+    if (focusLost) {
+      // The focused row was the oldest: keep the keyboard where the reader was.
+      setCurrent(rows.querySelector("tr.rec"));
+      if (state.current) state.current.focus({ preventScroll: true });
+    }
+  }
+
+  function clearRows() {
+    el.rows.replaceChildren();
+    state.recordRows = 0;
+    state.held = [];
+    state.current = null;
+    state.unseen = 0;
+    state.follow = true;
+    el.empty.hidden = false;
+    updateFollowButton();
+    updateCounters();
+  }
+
+  function setCurrent(row) {
+    if (state.current === row) return;
+    if (state.current) state.current.tabIndex = -1;
+    state.current = row;
+    if (row) row.tabIndex = 0;
+  }
+
+  function toggle(row) {
+    const open = row.getAttribute("aria-expanded") === "true";
+    const next = row.nextElementSibling;
+    if (open) {
+      if (next && next.classList.contains("details")) next.remove();
+      row.setAttribute("aria-expanded", "false");
+      row.removeAttribute("aria-controls");
+      return;
+    }
+    const record = recordOf.get(row);
+    if (!record) return;
+    const details = makeDetails(record);
+    details.id = `details-${++detailsId}`;
+    row.after(details);
+    row.setAttribute("aria-expanded", "true");
+    row.setAttribute("aria-controls", details.id);
+    // Reading a record: stop following so that it does not scroll away.
+    if (state.follow && row !== lastRecordRow()) {
+      state.follow = false;
+      updateFollowButton();
+    }
+  }
+
+  function field(list, name, value, className) {
+    const wrap = document.createElement("div");
+    if (className) wrap.className = className;
+    const dt = document.createElement("dt");
+    dt.textContent = name;
+    const dd = document.createElement("dd");
+    if (value instanceof Node) dd.append(value);
+    else dd.textContent = value;
+    wrap.append(dt, dd);
+    list.append(wrap);
+  }
+
+  function flatten(value, prefix, out) {
+    if (value && typeof value === "object" && !Array.isArray(value) && Object.keys(value).length) {
+      for (const [key, inner] of Object.entries(value)) flatten(inner, prefix ? `${prefix}.${key}` : key, out);
+    } else {
+      out.push([prefix, typeof value === "string" ? value : JSON.stringify(value)]);
+    }
+    return out;
+  }
+
+  function makeDetails(record) {
+    const tr = document.createElement("tr");
+    tr.className = `details lvl-${record.level}`;
+    const td = cell("");
+    td.colSpan = 4;
+    const list = document.createElement("dl");
+    list.className = "fields";
+    field(list, "Time (UTC)", String(record.time), "span2");
+    const local = localTime(record.time);
+    if (local) field(list, "Local time", local, "span2");
+    field(list, "Level", `${record.level} (severity ${record.severity})`);
+    field(list, "Service", String(record.service));
+    field(list, "Topic", String(record.topic));
+    field(list, "Partition", String(record.partition));
+    field(list, "Offset", String(record.offset));
+    if (record.malformed) field(list, "Malformed", String(record.malformed));
+    field(list, "Message", String(record.message), "wide pre");
+    const attributes = flatten(record.attributes || {}, "", []).filter(([key]) => key);
+    if (attributes.length) {
+      const inner = document.createElement("dl");
+      inner.className = "attributes";
+      for (const [key, value] of attributes) field(inner, key, value);
+      field(list, "Attributes", inner, "wide");
+    } else {
+      field(list, "Attributes", "none", "wide");
+    }
+    td.append(list);
+    tr.append(td);
+    return tr;
+  }
+
+  function recordRowFrom(row, step) {
+    let next = row;
+    do {
+      next = step > 0 ? next.nextElementSibling : next.previousElementSibling;
+    } while (next && !next.classList.contains("rec"));
+    return next;
+  }
+
+  function moveFocus(row, step, count = 1) {
+    let target = row;
+    for (let i = 0; i < count; i += 1) {
+      const next = recordRowFrom(target, step);
+      if (!next) break;
+      target = next;
+    }
+    if (target !== row) focusRow(target);
+  }
+
+  function focusRow(row) {
+    if (!row) return;
+    setCurrent(row);
+    row.focus();
+  }
+
+  function onRowKey(event) {
+    const row = event.target.closest && event.target.closest("tr.rec");
+    if (!row || event.altKey || event.ctrlKey || event.metaKey) return;
+    switch (event.key) {
+      case "Enter":
+      case " ":
+        toggle(row);
+        break;
+      case "ArrowDown": moveFocus(row, 1); break;
+      case "ArrowUp": moveFocus(row, -1); break;
+      case "PageDown": moveFocus(row, 1, 10); break;
+      case "PageUp": moveFocus(row, -1, 10); break;
+      case "Home": focusRow(el.rows.querySelector("tr.rec")); break;
+      case "End": focusRow(lastRecordRow()); break;
+      default: return;
+    }
+    event.preventDefault();
+  }
+
+  function onRowClick(event) {
+    const row = event.target.closest && event.target.closest("tr.rec");
+    if (!row) return;
+    const selection = window.getSelection();
+    if (selection && selection.type === "Range" && String(selection).trim()) return; // selecting text
+    setCurrent(row);
+    row.focus({ preventScroll: true });
+    toggle(row);
+  }
+
+  // -- following the newest rows ---------------------------------------------------------
+
+  // Following stops when the reader scrolls up and starts again at the bottom. The page's own
+  // scrolling always lands at the bottom, so a scroll that ends elsewhere was the reader's. A
+  // wheel turned upwards says so at once, before a batch arriving meanwhile could snap back.
+  function onScroll() {
+    const s = el.scroller;
+    const atBottom = s.scrollHeight - s.scrollTop - s.clientHeight < 8;
+    if (atBottom !== state.follow) {
+      state.follow = atBottom;
+      if (atBottom) state.unseen = 0;
+      updateFollowButton();
+    }
+  }
+
+  function onWheel(event) {
+    if (event.deltaY < 0 && state.follow && el.scroller.scrollTop > 0) {
+      state.follow = false;
+      updateFollowButton();
+    }
+  }
+
+  function keepBottom() {
+    // The log's box changed size (notices, window): stay at the bottom when following.
+    if (state.follow) el.scroller.scrollTop = el.scroller.scrollHeight;
+  }
+
+  function updateFollowButton() {
+    el.follow.hidden = state.follow;
+    el.follow.textContent = state.unseen ? `Jump to latest (${fmt(state.unseen)} new)` : "Jump to latest";
+  }
+
+  function jumpToLatest() {
+    state.follow = true;
+    state.unseen = 0;
+    el.scroller.scrollTop = el.scroller.scrollHeight;
+    updateFollowButton();
+    el.pause.focus();
+  }
+
+  // -- start ----------------------------------------------------------------------------------
+
+  function start() {
+    loadFilterFromPage();
+    el.maxRows.textContent = `(max ${fmt(MAX_ROWS)})`;
+    el.form.addEventListener("submit", (event) => { event.preventDefault(); applyFilter(); });
+    el.level.addEventListener("change", applyFilter);
+    el.regex.addEventListener("change", () => { if (el.q.value.trim()) applyFilter(); });
+    for (const input of [el.service, el.q]) {
+      input.addEventListener("input", () => {
+        clearTimeout(filterTimer);
+        filterTimer = setTimeout(applyFilter, FILTER_DEBOUNCE_MS);
+      });
+    }
+    el.resetFilter.addEventListener("click", () => {
+      el.level.value = "";
+      el.service.value = "";
+      el.q.value = "";
+      el.regex.checked = false;
+      state.attributes = {};
+      applyFilter();
+    });
+    el.pause.addEventListener("click", togglePause);
+    el.clear.addEventListener("click", clearRows);
+    el.follow.addEventListener("click", jumpToLatest);
+    el.reconnect.addEventListener("click", reconnectNow);
+    el.rows.addEventListener("keydown", onRowKey);
+    el.rows.addEventListener("click", onRowClick);
+    el.rows.addEventListener("focusin", (event) => {
+      const row = event.target.closest && event.target.closest("tr.rec");
+      if (row) setCurrent(row);
+    });
+    el.scroller.addEventListener("scroll", onScroll, { passive: true });
+    el.scroller.addEventListener("wheel", onWheel, { passive: true });
+    if (window.ResizeObserver) new ResizeObserver(keepBottom).observe(el.scroller);
+    window.addEventListener("online", reconnectNow);
+    setInterval(keepalive, 2000);
+    updateCounters();
+    connect();
+  }
+
+  start();
+})();

@@ -1,0 +1,518 @@
+"""The live viewer (``GET /viewer``) in a real browser, against the real service.
+
+Debian's Chromium (``/usr/bin/chromium``), headless, driven by Playwright for
+Python; the service is the real one under Gunicorn on the session's real Kafka
+and collector (fixtures in ``tests/conftest.py``). Every test also checks what
+a person would not see: the page logs no console error, requests nothing from
+any other host, gets no HTTP error, and every WebSocket message it sends or
+receives is valid under ``docs/ws-protocol.schema.json``.
+
+``UPDATE_SCREENSHOT=1`` also rewrites ``docs/viewer.png`` (1280x800, demo data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jsonschema
+import pytest
+
+from devstack.kafka import KafkaBroker
+from devstack.ports import free_port
+from devstack.service import ROOT, ServiceProcess
+from tests.conftest import produce
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
+expect = sync_api.expect
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = [
+    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
+                       reason=f"{CHROMIUM} not found: these tests drive Debian's Chromium (apt-get install chromium)"),
+    pytest.mark.timeout(120),
+]
+
+SCHEMA = json.loads((ROOT / "docs" / "ws-protocol.schema.json").read_text())
+CLIENT_SCHEMA = {**{k: v for k, v in SCHEMA.items() if k != "oneOf"}, "$ref": "#/$defs/client_message"}
+SCREENSHOT = ROOT / "docs" / "viewer.png"
+ROWS = "#rows tr.rec"
+SECOND = 1000  # Playwright timeouts are in milliseconds
+# What Chromium itself logs while the server is unreachable: failed upgrades and /health probes.
+OUTAGE_CONSOLE = (r"net::ERR_(CONNECTION_\w+|SOCKET_NOT_CONNECTED|EMPTY_RESPONSE)"
+                  r"|WebSocket connection to 'ws://[^']+' failed")
+
+
+def values(run: str, start: int, count: int, levels: tuple[str, ...] = ("info", "error", "debug", "warn"),
+           pad: int = 0) -> list[bytes]:
+    return [json.dumps({"run": run, "seq": i, "level": levels[i % len(levels)], "service": f"svc-{i % 3}",
+                        "message": f"{run} event {i}" + (" " + "x" * pad if pad else ""),
+                        "user": {"id": i % 5}}).encode() for i in range(start, start + count)]
+
+
+@dataclass
+class Viewer:
+    """One page on /viewer, and everything it did."""
+
+    page: Any
+    kafka: KafkaBroker
+    topic: str
+    service: ServiceProcess
+    origin: str  # the host:port the page was served from
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    bad_responses: list[str] = field(default_factory=list)
+    websockets: list[str] = field(default_factory=list)
+    received: list[dict] = field(default_factory=list)
+    sent: list[dict] = field(default_factory=list)
+
+    def attach(self) -> None:
+        page = self.page
+        page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
+        page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+        page.on("request", lambda r: self.requests.append(r.url))
+        page.on("response", lambda r: r.status >= 400 and self.bad_responses.append(f"{r.status} {r.url}"))
+        page.on("websocket", self._on_websocket)
+
+    def _on_websocket(self, ws: Any) -> None:
+        self.websockets.append(ws.url)
+        ws.on("framereceived", lambda payload: self.received.append(json.loads(payload)))
+        ws.on("framesent", lambda payload: self.sent.append(json.loads(payload)))
+
+    def open(self, query: str = "", state: str = "live") -> Any:
+        response = self.page.goto(f"http://{self.origin}/viewer" + (f"?{query}" if query else ""))
+        self.wait_state(state)
+        return response
+
+    # -- Kafka --------------------------------------------------------------------------
+
+    def produce(self, start: int, count: int, **kwargs: Any) -> None:
+        produce(self.kafka, self.topic, values(self.run, start, count, **kwargs), partition_of=lambda i: 0)
+
+    # -- the page -----------------------------------------------------------------------
+
+    def wait_state(self, state: str, timeout: float = 15) -> None:
+        expect(self.page.locator("#status")).to_have_attribute("data-state", state, timeout=timeout * SECOND)
+
+    def wait_rows(self, count: int, timeout: float = 15) -> None:
+        expect(self.page.locator(ROWS)).to_have_count(count, timeout=timeout * SECOND)
+
+    def wait_received(self, count: int, timeout: float = 15) -> None:
+        expect(self.page.locator("#count-received")).to_have_text(f"{count:,}", timeout=timeout * SECOND)
+
+    def messages(self) -> list[str]:
+        return self.page.locator(f"{ROWS} td.m").all_inner_texts()
+
+    def seqs(self) -> list[int]:
+        return [int(m.split()[2]) for m in self.messages() if m.startswith(self.run)]
+
+    def levels(self) -> list[str]:
+        return self.page.locator(f"{ROWS} td.l").all_inner_texts()
+
+    # -- what no one sees ---------------------------------------------------------------
+
+    def check(self, allowed_console: str | None = None) -> None:
+        """No page error, no console error (but ``allowed_console``), no other host, valid protocol."""
+        assert not self.page_errors, self.page_errors
+        errors = [e for e in self.console_errors if not (allowed_console and re.search(allowed_console, e))]
+        assert not errors, errors
+        assert not self.bad_responses, self.bad_responses
+        assert self.requests, "the page made no request at all?"
+        for url in self.requests:
+            parts = urlsplit(url)
+            assert (parts.scheme, parts.netloc) == ("http", self.origin), f"request to another host: {url}"
+        for url in self.websockets:
+            parts = urlsplit(url)
+            assert (parts.scheme, parts.netloc, parts.path) == ("ws", self.origin, "/ws"), url
+        validator = jsonschema.Draft202012Validator(SCHEMA)
+        for message in self.received:
+            validator.validate(message)
+        client = jsonschema.Draft202012Validator(CLIENT_SCHEMA)
+        for message in self.sent:
+            client.validate(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    playwright = sync_api.sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def viewer(browser: Any, kafka: KafkaBroker, topic: Callable[..., str], service: Callable[..., ServiceProcess]
+           ) -> Iterator[Callable[..., Viewer]]:
+    """Factory: a topic, the service on it, and a fresh page (whose own origin /ws accepts)."""
+    contexts: list[Any] = []
+
+    def start(partitions: int = 1, *, origin_port: int | None = None, name: str | None = None,
+              **env: str) -> Viewer:
+        if name:
+            kafka.create_topic(name, partitions)
+        else:
+            name = topic(partitions)
+        port = free_port()
+        svc = service(name, port=port, **env)
+        context = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme="light")
+        contexts.append(context)
+        context.set_default_timeout(15 * SECOND)
+        v = Viewer(context.new_page(), kafka, name, svc, f"127.0.0.1:{origin_port or port}")
+        v.attach()
+        return v
+
+    yield start
+    for context in contexts:
+        context.close()
+
+
+# -- tests -------------------------------------------------------------------------------
+
+
+def test_page_loads_clean_shows_records_and_expands_them(viewer: Callable[..., Viewer]) -> None:
+    v = viewer()
+    response = v.open()
+    assert response.status == 200
+    assert "connect-src 'self'" in response.headers["content-security-policy"]
+    page = v.page
+    assert page.title().startswith("Live logs")
+    expect(page.locator("#status-text")).to_have_text("Live")
+
+    began = time.monotonic()
+    v.produce(0, 20)
+    v.wait_rows(20, timeout=10)
+    latency = time.monotonic() - began
+    assert v.seqs() == list(range(20))
+    assert v.levels()[:4] == ["INFO", "ERROR", "DEBUG", "WARN"]
+    first = page.locator(ROWS).first
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", first.locator("td.t").inner_text())
+    assert first.locator("td.s").inner_text() == "svc-0"
+    expect(page.locator("#count-received")).to_have_text("20")
+    expect(page.locator("#count-shown")).to_have_text("20")
+    print(f"20 records produced -> 20 rows in the page: {latency:.2f} s")
+
+    # Click: every field, the attributes and the Kafka position.
+    first.click()
+    expect(first).to_have_attribute("aria-expanded", "true")
+    details = page.locator("#rows tr.details")
+    expect(details).to_have_count(1)
+    text = details.inner_text()
+    for expected in ("TOPIC", v.topic, "PARTITION", "OFFSET", "user.id", "run", v.run, "severity 9",
+                     f"{v.run} event 0"):
+        assert expected in text, (expected, text)
+    # Keyboard: arrows move between records, Enter toggles.
+    page.keyboard.press("ArrowDown")
+    second = page.locator(ROWS).nth(1)
+    expect(second).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(second).to_have_attribute("aria-expanded", "true")
+    expect(details).to_have_count(2)
+    page.keyboard.press("Enter")
+    expect(second).to_have_attribute("aria-expanded", "false")
+    expect(details).to_have_count(1)
+
+    # Every control has a label (an accessible name); status is announced politely.
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, button')]
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+        .map(e => e.outerHTML)""")
+    assert unlabelled == []
+    assert page.get_attribute("#status", "aria-live") == "polite"
+    assert page.locator("main table thead th").all_inner_texts() == ["TIME", "LEVEL", "SERVICE", "MESSAGE"]
+
+    paths = sorted({urlsplit(url).path for url in v.requests})
+    assert paths == ["/viewer", "/viewer/favicon.svg", "/viewer/viewer.css", "/viewer/viewer.js"]
+    assert parse_qs(urlsplit(v.websockets[0]).query) == {"tail": ["100"]}
+    v.check()
+
+
+def test_level_filter_uses_the_server_filter(viewer: Callable[..., Viewer]) -> None:
+    v = viewer()
+    v.open()
+    v.produce(0, 8)
+    v.wait_rows(8)
+
+    v.page.select_option("#level", "error")
+    expect(v.page.locator("#active-filter")).to_have_text("Filter: level ≥ error", timeout=10 * SECOND)
+    assert {"type": "subscribe", "level": "error"} in v.sent
+    v.produce(8, 40)  # levels cycle info, error, debug, warn: 10 errors
+    expect(v.page.locator(f"{ROWS}.lvl-error")).to_have_count(2 + 10)
+    time.sleep(0.5)  # nothing else arrives
+    after = [(seq, level) for seq, level in zip(v.seqs(), v.levels(), strict=True) if seq >= 8]
+    assert after == [(seq, "ERROR") for seq in range(8, 48) if seq % 4 == 1]
+    expect(v.page.locator("#rows tr.marker-filter")).to_have_text("Filter changed: level ≥ error.")
+
+    # The filter is kept in the page's URL; a reload asks the server for it from the start,
+    # and replays (?tail) only matching records.
+    assert "level=error" in v.page.url
+    v.page.reload()
+    v.wait_state("live")
+    expect(v.page.locator("#level")).to_have_value("error")
+    assert parse_qs(urlsplit(v.websockets[-1]).query) == {"level": ["error"], "tail": ["100"]}
+    v.wait_rows(12)
+    assert set(v.levels()) == {"ERROR"}
+    v.check()
+
+
+def test_pause_holds_new_rows_and_resume_shows_them(viewer: Callable[..., Viewer]) -> None:
+    v = viewer()
+    v.open()
+    v.produce(0, 5)
+    v.wait_rows(5)
+
+    pause = v.page.locator("#pause")
+    pause.click()
+    v.wait_state("paused")
+    expect(pause).to_have_attribute("aria-pressed", "true")
+    expect(pause).to_have_text("Resume")
+    v.produce(5, 10)
+    time.sleep(1.5)  # far longer than a batch takes (TAIL_BATCH_INTERVAL_MS=50)
+    assert v.seqs() == list(range(5))
+    expect(v.page.locator("#count-received")).to_have_text("5")
+
+    pause.click()
+    v.wait_state("live")
+    expect(pause).to_have_attribute("aria-pressed", "false")
+    v.wait_rows(15)
+    assert v.seqs() == list(range(15))
+    expect(v.page.locator("#count-dropped")).to_have_text("0")
+    assert [m["type"] for m in v.sent] == ["pause", "resume"]
+    assert {"type": "paused"} in v.received and {"type": "resumed"} in v.received
+    v.check()
+
+
+def test_paused_too_long_shows_the_dropped_count(viewer: Callable[..., Viewer]) -> None:
+    v = viewer(WS_CLIENT_BUFFER_BYTES=str(64 << 10), WS_STALL_TIMEOUT_S="60")
+    v.open()
+    v.page.locator("#pause").click()
+    v.wait_state("paused")
+    v.produce(0, 1500, pad=300)  # ~0.5 MB in several batches: most no longer fit in 64 KiB
+    time.sleep(1.0)
+    v.page.locator("#pause").click()
+    expect(v.page.locator("#notices .notice-dropped")).to_have_count(1, timeout=10 * SECOND)
+    dropped = int(v.page.locator("#count-dropped").inner_text().replace(",", ""))
+    assert dropped >= 1
+    shown = v.seqs()
+    assert 0 < len(shown) < 1500 and shown == sorted(shown)
+    assert shown[-1] == 1499  # the newest batches are the ones kept
+    assert "dropped" in v.page.locator("#notices").inner_text()
+    v.check()
+
+
+def test_reconnects_to_a_restarted_service_on_the_same_port(viewer: Callable[..., Viewer],
+                                                             service: Callable[..., ServiceProcess]) -> None:
+    v = viewer()
+    v.open()
+    v.produce(0, 3)
+    v.wait_rows(3)
+
+    old = v.service
+    assert old.proc is not None
+    os.killpg(old.proc.pid, signal.SIGKILL)  # master and workers: nothing is closed cleanly
+    old.proc.wait(10)
+    v.wait_state("waiting", timeout=10)
+    expect(v.page.locator("#status-text")).to_contain_text("Reconnecting in")
+    expect(v.page.locator("#reconnect")).to_be_visible()
+
+    began = time.monotonic()
+    port = int(v.origin.rsplit(":", 1)[1])
+    v.service = service(v.topic, port=port, wait_ready=False)
+    # Its forward reader waits for the killed member to leave the consumer group (the session
+    # timeout); the live tail does not.
+    v.service.start(ready=lambda health: health["kafka"]["tail"]["state"] == "ok")
+    v.wait_state("live", timeout=30)
+    print(f"reconnected {time.monotonic() - began:.1f} s after the new service was ready to start")
+    # It resumed from the last record it had: ?since=<topic>:0:2.
+    assert parse_qs(urlsplit(v.websockets[-1]).query) == {"since": [f"{v.topic}:0:2"]}
+    v.produce(10, 3)
+    v.wait_rows(6)
+    assert v.seqs() == [0, 1, 2, 10, 11, 12]
+    expect(v.page.locator("#rows tr.marker-lost")).to_have_count(1)
+    expect(v.page.locator("#rows tr.marker-connected")).to_have_count(1)
+    # While the service was down, the browser reported the refused connections; nothing else.
+    v.check(allowed_console=OUTAGE_CONSOLE)
+
+
+class CuttableProxy:
+    """A TCP relay in front of the service whose connections can be cut and refused."""
+
+    def __init__(self, port: int, target_port: int) -> None:
+        self.port = port
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.open = threading.Event()
+        self.open.set()
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        """Refuse new connections and reset the open ones."""
+        self.open.clear()
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv(); close() alone would not
+            except OSError:
+                pass
+            s.close()
+
+    def restore(self) -> None:
+        self.open.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()
+
+
+def test_resume_replays_what_was_missed_and_announces_a_gap(viewer: Callable[..., Viewer]) -> None:
+    # The page goes through a relay that can be cut; the service (and its replay ring of
+    # 10 records) keeps running, so the page's ?since= finds what it missed, or a gap.
+    relay_port = free_port()
+    v = viewer(REPLAY_RECORDS="10", origin_port=relay_port)
+    relay = CuttableProxy(relay_port, v.service.port)
+    try:
+        v.open("tail=0")
+        v.produce(0, 3)
+        v.wait_rows(3)
+
+        relay.cut()
+        v.wait_state("waiting", timeout=10)
+        v.produce(3, 4)  # 3..6 are still in the ring when the page comes back
+        time.sleep(0.5)
+        relay.restore()
+        v.wait_state("live", timeout=20)
+        assert parse_qs(urlsplit(v.websockets[-1]).query) == {"since": [f"{v.topic}:0:2"]}
+        v.wait_rows(7)
+        assert v.seqs() == list(range(7))  # in order, no gap, no duplicate
+        expect(v.page.locator("#notices .notice-gap")).to_have_count(0)
+
+        relay.cut()
+        v.wait_state("waiting", timeout=10)
+        v.produce(7, 20)  # 7..26: the ring keeps 17..26; 7..16 are gone
+        time.sleep(0.5)
+        relay.restore()
+        v.wait_state("live", timeout=20)
+        assert parse_qs(urlsplit(v.websockets[-1]).query) == {"since": [f"{v.topic}:0:6"]}
+        v.wait_rows(17)
+        assert v.seqs() == list(range(7)) + list(range(17, 27))
+        notice = v.page.locator("#notices .notice-gap")
+        expect(notice).to_have_count(1)
+        expect(notice).to_contain_text("10 records")
+        expect(notice).to_contain_text(f"{v.topic} partition 0, offsets 7–16")
+        assert {"type": "gap", "partitions": [{"topic": v.topic, "partition": 0, "from": 7, "to": 16}]} \
+            in v.received
+        v.check(allowed_console=OUTAGE_CONSOLE)
+    finally:
+        relay.close()
+
+
+def test_history_refused_by_a_small_replay_ring_is_given_up(viewer: Callable[..., Viewer]) -> None:
+    # ?tail=100 is more than REPLAY_RECORDS=10: the upgrade is refused (400), which a browser
+    # cannot see; the page finds the server up (GET /health) and connects without history.
+    v = viewer(REPLAY_RECORDS="10")
+    v.open()
+    assert [parse_qs(urlsplit(url).query) for url in v.websockets] == [{"tail": ["100"]}, {}]
+    v.produce(0, 3)
+    v.wait_rows(3)
+    expect(v.page.locator("#notices .notice")).to_have_count(0)
+    v.check(allowed_console=r"WebSocket connection to 'ws://[^']+' failed: .* response code: 400")
+
+
+def test_rows_are_capped_oldest_first(viewer: Callable[..., Viewer]) -> None:
+    v = viewer()
+    v.open("max=50")
+    v.produce(0, 200)
+    v.wait_received(200)
+    v.wait_rows(50)
+    assert v.seqs() == list(range(150, 200))
+    expect(v.page.locator("#count-shown")).to_have_text("50")
+    assert v.page.locator("#rows > tr").count() == 50  # no markers or details left over
+    # The keyboard still has a way into the rows.
+    assert v.page.locator("#rows tr.rec[tabindex='0']").count() == 1
+    v.check()
+
+
+@pytest.mark.skipif(os.environ.get("UPDATE_SCREENSHOT") != "1", reason="set UPDATE_SCREENSHOT=1 to rewrite docs/viewer.png")
+def test_update_screenshot(viewer: Callable[..., Viewer]) -> None:
+    """docs/viewer.png: the viewer at 1280x800 with `make demo`'s kind of traffic flowing."""
+    from devstack.demo import MALFORMED, DemoLogs
+
+    v = viewer(3, name=f"logs-demo-{uuid.uuid4().hex[:4]}")
+    v.open()
+    logs = DemoLogs(seed=2026)
+    producer = v.kafka.producer(linger_ms=5)
+    sent = 0
+    try:
+        for tick in range(40):  # 4 s of traffic in real time, ending in a payments incident
+            logs.incident = "payments provider outage" if 31 <= tick < 38 else None
+            batch = [logs.value() for _ in range(5 if logs.incident else 3)]
+            if tick == 38:
+                batch.append((b"legacy-worker", MALFORMED[0]))
+            for key, value in batch:
+                producer.send(v.topic, key=key, value=value)
+            sent += len(batch)
+            producer.flush()
+            time.sleep(0.1)
+    finally:
+        producer.close()
+    expect(v.page.locator(ROWS)).to_have_count(sent, timeout=15 * SECOND)
+    v.page.locator(f"{ROWS}.lvl-error").last.click()  # one record opened, to show its fields
+    v.page.locator("#scroller").evaluate("s => { s.scrollTop = s.scrollHeight; }")
+    v.page.mouse.move(0, 0)
+    time.sleep(0.3)
+    v.page.screenshot(path=str(SCREENSHOT))
+    v.check()
