@@ -42,6 +42,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 # Ports below the ephemeral range: a sender reconnecting in a loop to a stopped
 # receiver/collector can never self-connect to them (see devstack/ports.py).
+from .children import die_with_parent
 from .ports import free_port, free_ports
 
 LOGS_PATH = "/v1/logs"
@@ -500,7 +501,7 @@ class RotelCollector:
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                     # Its own session: a Ctrl-C at the terminal must not stop the collector
                     # before the service has drained its last batch into it.
-                    start_new_session=True,
+                    start_new_session=True, preexec_fn=die_with_parent,
                 )
             error = self._wait_ready(timeout)
             if not error:

@@ -22,7 +22,6 @@ unrelated CA (``wrong_ca_file``) is there for negative tests. Off by default.
 from __future__ import annotations
 
 import base64
-import ctypes
 import hashlib
 import os
 import shutil
@@ -39,6 +38,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from devstack.certs import TlsFiles, make_certs
+from devstack.children import die_with_parent
 from devstack.ports import free_ports
 
 KAFKA_VERSION = "4.4.0"
@@ -173,16 +173,6 @@ def _class_archive(libs: Path) -> Path:
     return libs / f"classes-{hashlib.sha1(stamp.encode()).hexdigest()[:12]}.jsa"
 
 
-def _die_with_parent() -> None:
-    """Run in the child before exec: SIGTERM the broker when its parent dies.
-
-    The broker has its own session (see start()), so without this a test run
-    killed by a timeout would leave an orphaned JVM holding its ports.
-    """
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _cluster_id() -> str:
     # Kafka's Uuid: 16 random bytes, URL-safe base64 without padding; one
     # starting with "-" would read as a command-line option.
@@ -303,7 +293,7 @@ class KafkaBroker:
             # before the fixture's orderly stop().
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True,
-                                          preexec_fn=_die_with_parent)
+                                          preexec_fn=die_with_parent)
         try:
             self._wait_ready(began + timeout)
         except BaseException:

@@ -54,6 +54,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.children import die_with_parent
 from devstack.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,7 +234,7 @@ class Nginx:
             self.proc = subprocess.Popen(nginx_command(self.binary, self.config_path, self.workdir,
                                                        "-g", "daemon off;"),
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from devstack.children import die_with_parent
 from devstack.ports import free_ports
 from devstack.waiting import wait_until
 
@@ -51,7 +52,7 @@ class ServiceProcess:
         self.launched_at = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
                                      cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         log.close()
 
     def start(self, timeout: float = 30.0, ready: Callable[[dict[str, Any]], bool] | None = None) -> ServiceProcess:

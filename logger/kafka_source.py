@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import gevent
 from gevent.event import Event
 from kafka import KafkaConsumer, TopicPartition
 from kafka import errors as kafka_errors
@@ -235,6 +236,10 @@ class _Reader:
             if self.batcher.ready():
                 self._deliver(consumer, self.batcher.take())
             self._tick(consumer)
+            # With a backlog, poll() returns at once and this loop would keep the CPU:
+            # yield, so HTTP requests (/health), client messages and kafka-python's
+            # heartbeats run between batches (kafka-python #1515, #1687, #1867).
+            gevent.sleep(0)
         if len(self.batcher):  # the final drain: nothing read is left behind
             self._deliver(consumer, self.batcher.take())
 
