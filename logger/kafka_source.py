@@ -296,7 +296,9 @@ class TailReader(_Reader):
         # The first time, start at the end. After a reconnect (a broker restart,
         # say), go on from where we were, so nothing produced while the broker
         # was back up but we were not yet is skipped.
-        consumer.seek_to_end(*[tp for tp in partitions if tp not in self._next_offsets])
+        fresh = [tp for tp in partitions if tp not in self._next_offsets]
+        if fresh:  # (seek_to_end() with no partitions would mean all of them)
+            consumer.seek_to_end(*fresh)
         for tp in partitions:
             if tp in self._next_offsets:
                 consumer.seek(tp, self._next_offsets[tp])

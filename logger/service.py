@@ -76,15 +76,17 @@ class LogService:
         reach every client of every worker and replica, and the collector.
         Raises ``PublishError`` if Kafka did not take them.
         """
-        if self._publisher is None:
-            self._publisher = KafkaPublisher(self.settings)
-        return self._publisher.publish(values)
+        return self._kafka_publisher().publish(values)
 
     def _dead_letter(self, batch: Sequence[LogRecord], reason: str) -> None:
+        self._kafka_publisher().publish([r.raw for r in batch], topic=self.settings.dead_letter_topic,
+                                        headers=[("x-logger-service-error", reason.encode()[:1000])])
+
+    def _kafka_publisher(self) -> KafkaPublisher:
+        """One producer per worker, made on first use (most deployments never need it)."""
         if self._publisher is None:
             self._publisher = KafkaPublisher(self.settings)
-        self._publisher.publish([r.raw for r in batch], topic=self.settings.dead_letter_topic,
-                                headers=[("x-logger-service-error", reason.encode()[:1000])])
+        return self._publisher
 
     def stop(self, timeout: float = 20.0) -> None:
         """Drain and close within ``timeout`` seconds. Safe to call more than once:

@@ -13,8 +13,8 @@ import pytest
 import requests
 import websocket
 
-from devstack.service import ROOT, ServiceProcess
-from tests.conftest import produce, readers_ok
+from devstack.service import ROOT
+from tests.conftest import produce
 
 
 def sasl_env(kafka, secret: str) -> dict[str, str]:
