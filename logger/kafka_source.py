@@ -50,6 +50,7 @@ _RETRY_NOISE = re.compile(r"\s*\(backoff [\d.]+ secs\)")
 _SSL_ERROR = re.compile(r"\[(?:SSL|X509): (?P<code>[A-Z0-9_]+)\] (?P<text>.+?)\.?(?: \(_ssl\.c:\d+\))?$")
 
 LAG_UPDATE_S = 2.0
+REJOIN_WAIT_S = 10.0  # how long a commit waits for a rebalance to finish before giving up
 
 
 def connection_config(settings: Settings, role: str) -> dict[str, Any]:
@@ -396,16 +397,30 @@ class ForwardReader(_Reader):
             tp = TopicPartition(record.topic, record.partition)
             if tp not in offsets or offsets[tp].offset <= record.offset:
                 offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
-        try:
-            consumer.commit(offsets)
-            self.status.count("records_committed", len(batch))
-            metrics.RECORDS_EXPORTED.inc(len(batch))
-        except kafka_errors.KafkaError as exc:
-            # Typically a rebalance took the partitions away: the new owner
-            # re-reads from the last commit, so these records arrive twice, never zero times.
-            self.status.count("commit_failures")
-            log.warning("commit of %d exported records failed (%s); they will be re-delivered",
-                        len(batch), exc)
+        metrics.RECORDS_EXPORTED.inc(len(batch))
+        rejoined = False
+        for _attempt in range(3):
+            try:
+                consumer.commit(offsets)
+                self.status.count("records_committed", len(batch))
+                if rejoined:  # positions were reset to the old commit by the rejoin
+                    for tp, offset in offsets.items():
+                        consumer.seek(tp, offset.offset)
+                return
+            except kafka_errors.RebalanceInProgressError:
+                # The group is rebalancing: finish joining, then commit what we still own.
+                self._poll_paused(consumer, REJOIN_WAIT_S)
+                rejoined = True
+                offsets = {tp: offset for tp, offset in offsets.items() if tp in consumer.assignment()}
+                if not offsets:
+                    break
+            except kafka_errors.KafkaError as exc:
+                log.warning("commit failed: %s", exc)
+                break
+        # The partitions went to another member: it re-reads from the last commit, so
+        # these records arrive twice, never zero times.
+        self.status.count("commit_failures")
+        log.warning("commit of %d exported records failed; they will be re-delivered", len(batch))
 
     def _export_until_accepted(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> bool:
         """Retry retriable failures with capped backoff (never sooner than the collector's
@@ -451,14 +466,27 @@ class ForwardReader(_Reader):
             metrics.CONSUMER_LAG.labels(str(partition)).set(0)
         self._lag_partitions = owned
 
-    @staticmethod
-    def _stay_in_group(consumer: KafkaConsumer) -> None:
-        """Poll with every partition paused: fetches nothing, but tells the group we are
-        alive, so an outage longer than max.poll.interval.ms does not cost our partitions."""
+    def _stay_in_group(self, consumer: KafkaConsumer) -> None:
+        """Tell the group we are alive while a retry waits, so an outage longer than
+        max.poll.interval.ms does not cost our partitions."""
+        self._poll_paused(consumer, 0)
+
+    def _poll_paused(self, consumer: KafkaConsumer, wait_s: float) -> None:
+        """Poll with our partitions paused: it fetches nothing of theirs, but lets a
+        rebalance complete (for up to ``wait_s``). A partition that a rebalance just
+        gave us is not paused, so whatever arrives from it goes into the next batch:
+        dropping it would move the position past records never exported."""
+        deadline = time.monotonic() + wait_s
         assigned = consumer.assignment()
         consumer.pause(*assigned)
         try:
-            consumer.poll(timeout_ms=0)
+            while True:
+                polled = consumer.poll(timeout_ms=100 if wait_s else 0, max_records=self.batcher.room)
+                if polled:
+                    self.batcher.add(self._decode(polled))
+                stable = consumer.group_metadata().state == MemberState.STABLE
+                if stable or time.monotonic() >= deadline:
+                    return
         finally:
             consumer.resume(*(consumer.assignment() & assigned))
 
