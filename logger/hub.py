@@ -153,6 +153,8 @@ class Hub:
             replay = self.ring.tail(subscription.filter, subscription.tail) if subscription.tail else []
         if replay:
             client.send(_logs_frame([r.to_client() for r in replay], replay=True), droppable=False)
+        if client.closed:  # it hung up during the greeting
+            return
         self._clients.add(client)
         self._join(client, subscription.filter)
         self.counters["connections"] += 1

@@ -98,7 +98,7 @@ class FakeClient:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.subscription = None
-        self.closing = False
+        self.closing = self.closed = False
 
     def send(self, frame: bytes, droppable: bool = True) -> None:
         self.frames.append(frame)
@@ -199,3 +199,11 @@ def test_the_services_own_pages_may_open_websockets():
     hub.admit({"HTTP_ORIGIN": "http://logs.example.com:6006", "HTTP_HOST": "logs.example.com:6006"})
     with pytest.raises(Refusal):
         hub.admit({"HTTP_ORIGIN": "http://evil.example.com", "HTTP_HOST": "logs.example.com:6006"})
+
+
+def test_a_client_that_hangs_up_during_the_greeting_is_not_registered():
+    hub = Hub(Settings())
+    gone = FakeClient()
+    gone.closed = True
+    hub.attach(gone)
+    assert len(hub) == 0 and not hasattr(gone, "on_text")
