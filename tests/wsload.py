@@ -14,9 +14,10 @@ import selectors
 import socket
 import struct
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from devstack.waiting import wait_until
 
 
 @dataclass
@@ -137,12 +138,7 @@ class ClientPool:
                 parse_frames(client, self.answer_pings)
 
     def wait(self, condition, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"timed out waiting for {what}")
+        wait_until(condition, timeout, what)
 
     def close(self) -> None:
         self._stop.set()

@@ -53,6 +53,16 @@ def read_frame(sock) -> tuple[int, bytes]:
     return first & 0x0F, exactly(length)
 
 
+def frames_until_dropped_notice(peer) -> list[tuple[int, bytes]]:
+    """Every frame the peer reads, up to and including the ``dropped`` notice."""
+    frames = []
+    with gevent.Timeout(5):
+        while True:
+            frames.append(read_frame(peer))
+            if frames[-1][1].startswith(b'{"type":"dropped"'):
+                return frames
+
+
 @pytest.fixture
 def pair():
     server, peer = socket.socketpair()
@@ -128,12 +138,7 @@ def test_a_peer_that_does_not_read_loses_old_batches_and_is_told(pair):
     assert client.pending_bytes <= (64 << 10) + 8200
     assert client.dropped > 0
     dropped = client.dropped
-    frames = []
-    with gevent.Timeout(5):
-        while True:
-            frames.append(read_frame(peer))
-            if frames[-1][1].startswith(b'{"type":"dropped"'):
-                break
+    frames = frames_until_dropped_notice(peer)
     notice = orjson.loads(frames[-1][1])
     assert notice == {"type": "dropped", "count": dropped}
     assert len(frames) - 1 + dropped == 200  # every batch either arrived or was counted
@@ -186,12 +191,7 @@ def test_pause_holds_batches_within_the_bound_and_resume_tells_what_was_lost(pai
     assert client.dropped > 0
     lost = client.dropped
     client.resume()
-    frames = []
-    with gevent.Timeout(5):
-        while True:
-            frames.append(read_frame(peer))
-            if frames[-1][1].startswith(b'{"type":"dropped"'):
-                break
+    frames = frames_until_dropped_notice(peer)
     assert orjson.loads(frames[-1][1]) == {"type": "dropped", "count": lost}
     assert len(frames) - 1 + lost == 20
 
