@@ -39,7 +39,7 @@ from logger.batcher import Batcher
 from logger.config import Settings
 from logger.errors import ExportError
 from logger.records import LogRecord, decode
-from logger.status import DEGRADED, OK, STARTING, STOPPED, ComponentStatus
+from logger.status import DEGRADED, OK, STARTING, STOPPED, ComponentStatus, iso_time
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,12 @@ class _KafkaClientLog(logging.Handler):
         out: dict[str, Any] = {}
         now = time.time()
         if self.outage_started and now - self.last_failure <= self.OUTAGE_WINDOW_S:
-            out["outage"] = {"since": _iso(self.outage_started),
+            out["outage"] = {"since": iso_time(self.outage_started),
                              "error": self.security_reason or self.reason or "connection lost"}
         elif self.outage_started:
-            out["last_outage"] = {"from": _iso(self.outage_started), "to": _iso(self.last_failure)}
+            out["last_outage"] = {"from": iso_time(self.outage_started), "to": iso_time(self.last_failure)}
         elif self.last_outage:
-            out["last_outage"] = {"from": _iso(self.last_outage[0]), "to": _iso(self.last_outage[1])}
+            out["last_outage"] = {"from": iso_time(self.last_outage[0]), "to": iso_time(self.last_outage[1])}
         return out
 
 
@@ -144,10 +144,6 @@ logging.getLogger("kafka").addHandler(_client_log)
 def connection_health() -> dict[str, Any]:
     """Kafka connection outages seen by any of this worker's clients (for /health)."""
     return _client_log.outage()
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def describe_kafka_error(exc: BaseException, settings: Settings) -> str:

@@ -44,11 +44,12 @@ class ComponentStatus:
         self.counters[name] += amount
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"state": self.state, "since": _iso(self.since), **self.counters}
+        out: dict[str, Any] = {"state": self.state, "since": iso_time(self.since), **self.counters}
         if self.error:
             out["error"] = self.error
         return out
 
 
-def _iso(epoch: float) -> str:
+def iso_time(epoch: float) -> str:
+    """Epoch seconds as ``2026-11-27T11:36:57Z``, for /health."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
