@@ -388,11 +388,13 @@ class ForwardReader(_Reader):
     def _deliver(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> None:
         if not self._export_until_accepted(consumer, batch):
             return
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        highest: dict[tuple[str, int], int] = {}
         for record in batch:
-            tp = TopicPartition(record.topic, record.partition)
-            if tp not in offsets or offsets[tp].offset <= record.offset:
-                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+            where = (record.topic, record.partition)
+            if highest.get(where, -1) < record.offset:
+                highest[where] = record.offset
+        offsets = {TopicPartition(topic, partition): OffsetAndMetadata(offset + 1, "", -1)
+                   for (topic, partition), offset in highest.items()}
         metrics.RECORDS_EXPORTED.inc(len(batch))
         rejoined = False
         for _attempt in range(3):

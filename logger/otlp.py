@@ -28,12 +28,13 @@ from opentelemetry.sdk.resources import OTELResourceDetector
 import logger
 from logger import metrics
 from logger.errors import ExportError
-from logger.records import LogRecord
+from logger.records import LEVEL_NAMES, LogRecord
 from logger.status import DEGRADED, OK, ComponentStatus
 
 # 408, 429 and 5xx can succeed later; any other 4xx is the batch's own fault.
 _RETRIABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_ATTRIBUTE_DEPTH = 8
+_SEVERITY_TEXT = {name: name.upper() for name in LEVEL_NAMES}
 
 
 class OtlpSink:
@@ -82,21 +83,22 @@ class OtlpSink:
         """
         observed = time.time_ns()
         request = ExportLogsServiceRequest()
-        scopes: dict[str, Any] = {}
+        log_records_of: dict[str, Any] = {}  # service → its scope's repeated log_records
         for record in records:
-            scope = scopes.get(record.service)
-            if scope is None:
+            log_records = log_records_of.get(record.service)
+            if log_records is None:
                 resource_logs = request.resource_logs.add()
                 _set(resource_logs.resource.attributes.add(), "service.name", record.service)
                 resource_logs.resource.attributes.extend(self._base_resource)
-                scope = scopes[record.service] = resource_logs.scope_logs.add()
-                scope.scope.CopyFrom(self._scope)
-            proto = scope.log_records.add()
+                scope_logs = resource_logs.scope_logs.add()
+                scope_logs.scope.CopyFrom(self._scope)
+                log_records = log_records_of[record.service] = scope_logs.log_records
+            proto = log_records.add()
             proto.time_unix_nano = record.time_unix_nano
             proto.observed_time_unix_nano = observed
             if record.severity_number:
                 proto.severity_number = record.severity_number
-                proto.severity_text = record.level.upper()
+                proto.severity_text = _SEVERITY_TEXT[record.level]
             proto.body.string_value = record.message
             _fill(proto.attributes, record.attributes, "", 0)
             if record.malformed:
@@ -135,9 +137,27 @@ def _retry_after(outcome: Any) -> float | None:
 
 
 def _fill(attributes: Any, values: dict[str, Any], prefix: str, depth: int) -> None:
-    """Nested objects become dotted keys, so Loki can use them as structured metadata."""
+    """Nested objects become dotted keys, so Loki can use them as structured metadata.
+
+    The common scalar types are set inline: this runs for every attribute of
+    every forwarded record, and the general :func:`_set` costs a call and an
+    isinstance chain more (~20 % of the encoding).
+    """
     for key, value in values.items():
-        if isinstance(value, dict) and depth < _MAX_ATTRIBUTE_DEPTH:
+        kind = type(value)
+        if kind is str:
+            key_value = attributes.add()
+            key_value.key = prefix + key
+            key_value.value.string_value = value
+        elif kind is int and -(1 << 63) <= value < (1 << 63):
+            key_value = attributes.add()
+            key_value.key = prefix + key
+            key_value.value.int_value = value
+        elif kind is float:
+            key_value = attributes.add()
+            key_value.key = prefix + key
+            key_value.value.double_value = value
+        elif kind is dict and depth < _MAX_ATTRIBUTE_DEPTH:
             _fill(attributes, value, f"{prefix}{key}.", depth + 1)
         elif value is not None:
             _set(attributes.add(), prefix + key, value)
