@@ -5,6 +5,11 @@ how long it may block in the next poll (:meth:`time_left`), and whether the
 batch is ready to hand on (:meth:`ready`). A batch is ready when it holds
 ``max_records`` records or ``max_bytes`` bytes of values, or when its oldest
 record has waited ``max_wait_s``.
+
+"Waited" counts from when a record could first have been seen, which the
+reader may pass as ``since``: records that queued up in Kafka while the
+reader was busy handing on the previous batch have waited that long already,
+and should not wait a whole window more.
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ class Batcher:
         """How many more records fit; a reader polls at most this many."""
         return max(self.max_records - len(self._records), 1)
 
-    def add(self, records: Iterable[LogRecord]) -> None:
+    def add(self, records: Iterable[LogRecord], since: float | None = None) -> None:
+        """Add polled records; ``since`` (on the batcher's clock) is the earliest they can have arrived."""
         for record in records:
             if not self._records:
-                self._deadline = self._clock() + self.max_wait_s
+                now = self._clock()
+                self._deadline = (now if since is None else min(since, now)) + self.max_wait_s
             self._records.append(record)
             self._bytes += record.size
 

@@ -50,6 +50,7 @@ _RETRY_NOISE = re.compile(r"\s*\(backoff [\d.]+ secs\)")
 _SSL_ERROR = re.compile(r"\[(?:SSL|X509): (?P<code>[A-Z0-9_]+)\] (?P<text>.+?)\.?(?: \(_ssl\.c:\d+\))?$")
 
 LAG_UPDATE_S = 2.0
+TAIL_FETCH_MIN_BYTES = 256 * 1024  # a fetch answers at once when this much is waiting
 REJOIN_WAIT_S = 10.0  # how long a commit waits for a rebalance to finish before giving up
 
 
@@ -194,6 +195,7 @@ class _Reader:
 
     role = "reader"
     keep_raw = False  # whether records keep their raw value (to dead-letter it)
+    live = False  # latency first (the tail) rather than full batches (the forward path)
 
     def __init__(self, settings: Settings, status: ComponentStatus, batcher: Batcher) -> None:
         self.settings = settings
@@ -225,11 +227,16 @@ class _Reader:
         metrics.READER_UP.labels(self.role).set(0)
 
     def _consume(self, consumer: KafkaConsumer, stop: Event) -> None:
+        last_poll = time.monotonic()
         while not stop.is_set():
             polled = consumer.poll(timeout_ms=int(self.batcher.time_left() * 1000) or 1,
                                    max_records=self.batcher.room)
             if polled:
-                self.batcher.add(self._decode(polled))
+                # What this poll returned arrived after the last one ended: for the live
+                # tail, a batch is due a window after that (not after now), so records
+                # that queued while we fanned out the previous batch do not wait twice.
+                self.batcher.add(self._decode(polled), since=last_poll if self.live else None)
+            last_poll = time.monotonic()
             if self.batcher.ready():
                 self._deliver(consumer, self.batcher.take())
             self._tick(consumer)
@@ -274,6 +281,7 @@ class TailReader(_Reader):
     """All partitions, from the end, no group: feeds the live hub."""
 
     role = "tail"
+    live = True
 
     def __init__(self, settings: Settings, status: ComponentStatus,
                  publish: Callable[[list[LogRecord]], Any],
@@ -287,7 +295,13 @@ class TailReader(_Reader):
         self._next_offsets: dict[TopicPartition, int] = {}
 
     def _open(self) -> KafkaConsumer:
-        consumer = KafkaConsumer(group_id=None, **consumer_config(self.settings, self.role))
+        # Let the broker gather records for a fifth of a batch window before it answers
+        # a fetch: a steady trickle of records then costs a few fetches per window
+        # instead of one per produce request. kafka-python's network code is Python: at
+        # 2,000 records/s those fetches were a quarter of the worker's CPU (48 % → 36 %).
+        wait_ms = max(int(self.settings.tail_batch_interval_s * 1000) // 5, 1)
+        consumer = KafkaConsumer(group_id=None, fetch_min_bytes=TAIL_FETCH_MIN_BYTES, fetch_max_wait_ms=wait_ms,
+                                 **consumer_config(self.settings, self.role))
         partitions = self._partitions(consumer, fresh=False)
         consumer.assign(partitions)
         # The first time, start at the end. After a reconnect (a broker restart,

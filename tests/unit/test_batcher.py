@@ -48,6 +48,20 @@ def test_ready_when_the_oldest_record_waited_long_enough():
     assert batcher.ready() and batcher.time_left() == 0
 
 
+def test_records_that_queued_while_the_reader_was_busy_do_not_wait_a_whole_window_again():
+    clock = Clock()
+    batcher = Batcher(100, 0.05, clock=clock)
+    last_poll = clock.now
+    clock.now += 0.04  # the previous batch took 40 ms to fan out; these arrived meanwhile
+    batcher.add(records(3), since=last_poll)
+    assert abs(batcher.time_left() - 0.01) < 1e-9 and not batcher.ready()
+    clock.now += 0.01
+    assert batcher.ready()
+    batcher.take()
+    batcher.add(records(1), since=clock.now + 1)  # a "since" in the future counts from now
+    assert abs(batcher.time_left() - 0.05) < 1e-9
+
+
 def test_backoff_doubles_to_a_cap_and_honours_retry_after():
     import random
     backoff = Backoff(1.0, 8.0, rng=random.Random(1))
