@@ -43,6 +43,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,20 +94,20 @@ LATENCY_RECORD_BYTES = 120  # a short log line; ~240 bytes once normalised for c
 
 # -- the load-client process ------------------------------------------------------------------
 
-class Clients:
-    """``bench.clients`` in a subprocess, driven line by line."""
+class ClientProcess:
+    """One ``bench.clients`` subprocess, driven line by line."""
 
-    def __init__(self, log_dir: Path) -> None:
-        self.stderr = open(log_dir / "clients.stderr.log", "ab")  # noqa: SIM115 - closed in close()
+    def __init__(self, log_dir: Path, name: str) -> None:
+        self.stderr = open(log_dir / f"{name}.stderr.log", "ab")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.clients"], cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1)
-        self.ready = self._read(30)
+        self.ready = self.read(30)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def _read(self, timeout: float) -> dict[str, Any]:
+    def read(self, timeout: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
@@ -119,21 +120,15 @@ class Clients:
             raise RuntimeError(f"load clients: {reply.get('error')}\n{reply.get('trace', '')}")
         return reply
 
-    def call(self, cmd: str, timeout: float = 180.0, **args: Any) -> dict[str, Any]:
+    def write(self, cmd: str, **args: Any) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
         self.proc.stdin.flush()
-        return self._read(timeout)
-
-    def connect(self, port: int, n: int, **args: Any) -> dict[str, Any]:
-        reply = self.call("connect", port=port, n=n, **args)
-        if reply["connected"] < n:
-            print(f"    ! only {reply['connected']}/{n} clients connected: {reply['errors']}", flush=True)
-        return reply
 
     def close(self) -> None:
         try:
-            self.call("quit", timeout=30)
+            self.write("quit")
+            self.read(30)
         except Exception:  # noqa: BLE001 - it is going away anyway
             pass
         try:
@@ -142,6 +137,83 @@ class Clients:
             self.proc.kill()
             self.proc.wait()
         self.stderr.close()
+
+
+class Clients:
+    """The load clients and, apart from them, the probes: the clients that measure.
+
+    A real client has a machine to itself; here a thousand share one Python
+    process, whose loop would add its own queueing to every latency it took
+    (a batch reaches 1,000 sockets at once, and the last one read waits for
+    the other 999). So the sampled clients (every ``sample_every``-th) live in
+    a second process that does nothing else, connected together with the load
+    and in the same group, and the two processes' counters are merged.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.load = ClientProcess(log_dir, "clients")
+        self.probe = ClientProcess(log_dir, "probes")
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {"clients": self.load.pid, "probes": self.probe.pid}
+
+    def call(self, cmd: str, timeout: float = 180.0, **args: Any) -> dict[str, Any]:
+        for proc in (self.load, self.probe):
+            proc.write(cmd, **args)
+        replies = [proc.read(timeout) for proc in (self.load, self.probe)]
+        return _merge_stats(*replies) if cmd == "stats" else replies[0]
+
+    def connect(self, port: int, n: int, sample_every: int = 0, **args: Any) -> dict[str, Any]:
+        probes = -(-n // sample_every) if sample_every else 0  # the clients i % sample_every == 0 of before
+        self.load.write("connect", port=port, n=n - probes, **args)
+        if probes:
+            self.probe.write("connect", port=port, n=probes, sample_every=1, **args)
+        reply = self.load.read(180)
+        if probes:
+            probed = self.probe.read(180)
+            reply["connected"] += probed["connected"]
+            reply["errors"] = {**reply["errors"], **probed["errors"]}
+        if reply["connected"] < n:
+            print(f"    ! only {reply['connected']}/{n} clients connected: {reply['errors']}", flush=True)
+        return reply
+
+    def close(self) -> None:
+        self.load.close()
+        self.probe.close()
+
+
+_SUMMED = ("clients", "open", "sampled_clients", "messages", "bytes", "records_sampled", "sampled_messages", "lost")
+
+
+def _merge_stats(load: dict[str, Any], probe: dict[str, Any]) -> dict[str, Any]:
+    """One summary per group over both processes (latency comes from the probes only)."""
+    out: dict[str, Any] = {"ok": True}
+    for name in set(load) | set(probe):
+        if name == "ok":
+            continue
+        a, b = load.get(name), probe.get(name)
+        if a is None or b is None or not b["clients"]:
+            out[name] = a or b
+            continue
+        if not a["clients"]:
+            out[name] = b
+            continue
+        g = {key: a[key] + b[key] for key in _SUMMED}
+        g["records_per_message"] = (round(g["records_sampled"] / g["sampled_messages"], 2)
+                                    if g["sampled_messages"] else None)
+        g["other"] = dict(Counter(a["other"]) + Counter(b["other"]))
+        g["close_codes"] = dict(Counter(a["close_codes"]) + Counter(b["close_codes"]))
+        g["since"], g["now"] = min(a["since"], b["since"]), max(a["now"], b["now"])
+        g["first"] = min(x for x in (a["first"], b["first"]) if x) if a["first"] or b["first"] else 0.0
+        g["last"] = max(a["last"], b["last"])
+        pa, pb = a["per_client_messages"], b["per_client_messages"]
+        g["per_client_messages"] = {"min": min(pa["min"], pb["min"]), "median": pa["median"],
+                                    "max": max(pa["max"], pb["max"])}
+        if "latency_ms" in b or "latency_ms" in a:
+            g["latency_ms"] = b.get("latency_ms") or a.get("latency_ms")
+        out[name] = g
+    return out
 
 
 # -- the two servers ----------------------------------------------------------------------------
@@ -398,7 +470,8 @@ class Meters:
 
     def __init__(self, ctx: Context, srv: Server) -> None:
         self.ctx = ctx
-        self.meters = {"server": CpuMeter(srv.pid), "clients": CpuMeter(ctx.clients.pid), "bench": CpuMeter(os.getpid())}
+        self.meters = {"server": CpuMeter(srv.pid), "bench": CpuMeter(os.getpid()),
+                       **{name: CpuMeter(pid) for name, pid in ctx.clients.pids.items()}}
         broker_pid = ctx.kafka._proc.pid if ctx.kafka._proc else None  # noqa: SLF001 - read-only use
         if broker_pid:
             self.meters["broker"] = CpuMeter(broker_pid)
