@@ -4,13 +4,16 @@
 
 A kafka-python ``KafkaConsumer`` in a thread assigns itself every partition of
 the topic from the end (no group, no commits, like the service's tail reader),
-batches records with the same policy as the service (``--batch-size`` records or
-``--batch-interval-ms`` after the first, polling at most the room left), decodes
+batches records with the service's own ``logger.batcher.Batcher`` (``--batch-size``
+records, or ``--batch-interval-ms`` after the poll before the one that brought the
+first, polling at most the room left), decodes
 them with the service's own ``logger.records.decode`` and encodes the batch once
 with orjson as ``{"type":"logs","records":[...]}``. The frame goes to the event
 loop with ``loop.call_soon_threadsafe`` and out with ``websockets.broadcast()``.
 At most ``--inflight`` batches wait for the loop: the reader slows down rather
 than queueing without bound when the loop is saturated (as the service's reader does).
+Its fetch settings are kafka-python's defaults: the service's tuned tail fetches
+(``logger.kafka_source``) are part of what is measured.
 
 Clients get ``{"type":"hello",...}`` first and may send ``{"type":"ping"}``; the
 server pings every 25 s (as the service does). ``GET /health`` answers JSON with
@@ -41,6 +44,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from bench.procstat import raise_nofile
+from logger.batcher import Batcher
 from logger.records import decode
 
 
@@ -76,24 +80,18 @@ class Peer:
             self.tail_state, self.tail_error = "degraded", repr(exc)
             return
         self.tail_state = "ok"
-        interval = args.batch_interval_ms / 1000
-        batch: list[Any] = []
-        deadline = 0.0
+        batcher = Batcher(args.batch_size, args.batch_interval_ms / 1000)  # the service's policy, and class
         try:
+            last_poll = time.monotonic()
             while not self.stop.is_set():
-                left = interval if not batch else max(deadline - time.monotonic(), 0.0)
-                polled = consumer.poll(timeout_ms=int(left * 1000) or 1,
-                                       max_records=max(args.batch_size - len(batch), 1))
+                polled = consumer.poll(timeout_ms=int(batcher.time_left() * 1000) or 1, max_records=batcher.room)
                 for tp, messages in polled.items():
                     self.counters["records_in"] += len(messages)
-                    for m in messages:
-                        if not batch:
-                            deadline = time.monotonic() + interval
-                        batch.append(decode(m.value, topic=tp.topic, partition=tp.partition, offset=m.offset,
-                                            kafka_timestamp_ms=m.timestamp))
-                if batch and (len(batch) >= args.batch_size or time.monotonic() >= deadline):
-                    self.hand_over(batch)
-                    batch = []
+                    batcher.add((decode(m.value, topic=tp.topic, partition=tp.partition, offset=m.offset,
+                                        kafka_timestamp_ms=m.timestamp) for m in messages), since=last_poll)
+                last_poll = time.monotonic()
+                if batcher.ready():
+                    self.hand_over(batcher.take())
         finally:
             consumer.close(autocommit=False)
 
