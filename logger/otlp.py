@@ -98,7 +98,7 @@ class OtlpSink:
             proto.observed_time_unix_nano = observed
             if record.severity_number:
                 proto.severity_number = record.severity_number
-                proto.severity_text = _SEVERITY_TEXT[record.level]
+                proto.severity_text = _SEVERITY_TEXT.get(record.level) or record.level.upper()
             proto.body.string_value = record.message
             _fill(proto.attributes, record.attributes, "", 0)
             if record.malformed:
