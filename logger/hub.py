@@ -42,6 +42,7 @@ from logger.ws_client import (
     WebSocketClient,
     encode_frame,
     encode_message,
+    report_drops,
 )
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,7 @@ class Hub:
             metrics.RECORDS_DELIVERED.inc(delivered)
             metrics.BATCHES_SENT.inc(len(members))
             metrics.BYTES_SENT.inc(len(frame) * len(members))
+        report_drops()
 
     # -- keepalive and shutdown -----------------------------------------------------
 
@@ -262,6 +264,7 @@ class Hub:
                     client.send(ping, droppable=False)
                 else:
                     client.check_stall()
+            report_drops()  # those of paused clients, which no fan-out reports
 
     def close_all(self, timeout: float, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
         """Refuse new clients, send every client a close frame, wait for them to go."""

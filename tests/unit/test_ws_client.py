@@ -144,6 +144,44 @@ def test_a_peer_that_does_not_read_loses_old_batches_and_is_told(pair):
     assert len(frames) - 1 + dropped == 200  # every batch either arrived or was counted
 
 
+@pytest.fixture
+def tcp_pair():
+    """Loopback TCP with small buffers: unlike a socketpair, writes end mid-frame."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    peer = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    yield WebSocketClient(server, "tcp", max_pending=64 << 10), peer
+    server.close()
+    peer.close()
+
+
+def test_a_backlog_drains_in_order_intact_and_keeps_every_control_frame(tcp_pair):
+    # Numbered batches of odd sizes (so writes end mid-frame), with a ping after
+    # every tenth, far past the bound: what arrives is in order and whole, every
+    # ping arrives, and every batch either arrives or is counted as dropped.
+    client, peer = tcp_pair
+    sent_pings = 0
+    for number in range(300):
+        client.send(encode_frame(b"%05d" % number + b"x" * (5000 + 37 * number)))
+        if number % 10 == 9:
+            client.send(encode_frame(b"%d" % number, OP_PING), droppable=False)
+            sent_pings += 1
+    dropped = client.dropped
+    assert dropped > 0 and client.pending_bytes <= (64 << 10) + 20_000
+    frames = frames_until_dropped_notice(peer)
+    batches = [int(payload[:5]) for opcode, payload in frames[:-1] if opcode == OP_TEXT]
+    assert batches == sorted(batches)
+    assert all(len(payload) == 5 + 5000 + 37 * int(payload[:5]) for opcode, payload in frames if opcode == OP_TEXT
+               and not payload.startswith(b"{"))
+    assert sum(1 for opcode, _ in frames if opcode == OP_PING) == sent_pings
+    assert len(batches) + dropped == 300
+
+
 def test_a_peer_that_takes_nothing_for_too_long_is_closed_with_1008():
     server, peer = socket.socketpair()
     client = WebSocketClient(server, "stuck", max_pending=64 << 10, stall_timeout_s=0.2)
@@ -151,7 +189,7 @@ def test_a_peer_that_takes_nothing_for_too_long_is_closed_with_1008():
     for _ in range(100):
         client.send(batch)
     gevent.sleep(0.3)
-    client.send(batch)  # the next batch finds it stuck past the timeout
+    client.check_stall()  # as the hub's keepalive does every second
     assert client.closing
     codes = []
     with gevent.Timeout(5):
