@@ -42,8 +42,8 @@ import traceback
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -184,7 +184,7 @@ class WebSocketClient:
                 self.dropped += 1
                 _count_drop()
             return
-        if self._pending:  # (whether it is stuck for good, the hub's keepalive checks every second)
+        if self._pending:  # stuck for good? the hub's keepalive calls check_stall() every second
             self._pending.append((frame, droppable))
             self._pending_bytes += len(frame)
             self._enforce_bound()
