@@ -1,9 +1,13 @@
-"""Batching by count, bytes and age, on a fake clock."""
+"""Batching by count, bytes and age, on a fake clock; how long tail fetches may wait."""
 
 from __future__ import annotations
 
+import pytest
+
 from logger.backoff import Backoff
 from logger.batcher import Batcher
+from logger.config import Settings
+from logger.kafka_source import tail_fetch_config
 from logger.records import decode
 
 
@@ -60,6 +64,12 @@ def test_records_that_queued_while_the_reader_was_busy_do_not_wait_a_whole_windo
     batcher.take()
     batcher.add(records(1), since=clock.now + 1)  # a "since" in the future counts from now
     assert abs(batcher.time_left() - 0.05) < 1e-9
+
+
+@pytest.mark.parametrize(("window_ms", "wait_ms"), [(50, 10), (1, 1), (2_000, 400), (60_000, 500)])
+def test_the_broker_holds_tail_fetches_for_a_fifth_of_the_batch_window(window_ms, wait_ms):
+    config = tail_fetch_config(Settings.from_env({"TAIL_BATCH_INTERVAL_MS": str(window_ms)}))
+    assert config["fetch_max_wait_ms"] == wait_ms and config["fetch_min_bytes"] > 0
 
 
 def test_backoff_doubles_to_a_cap_and_honours_retry_after():
