@@ -14,8 +14,8 @@ and the reader reconnects.
 
 kafka-python 3 runs its network I/O (heartbeats included) on a thread of its
 own, which gevent's monkey-patching turns into a greenlet: our loops must
-yield regularly (they do: every poll waits cooperatively) or the group
-session starves (kafka-python issues #1515, #1687, #1867).
+yield regularly or the group session starves (kafka-python issues #1515,
+#1687, #1867). They do, between every two batches: :func:`let_others_run`.
 """
 
 from __future__ import annotations
