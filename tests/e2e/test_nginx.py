@@ -362,7 +362,8 @@ def test_the_service_logs_the_client_address_nginx_saw(behind_nginx: Callable[..
     connection.request("GET", "/health", headers={"User-Agent": "client-ip-test"})
     assert connection.getresponse().status == 200
     connection.close()
-    assert "127.0.0.2" in stack.nginx.access_log_text(), "nginx saw the client's own address"
+    # nginx writes the access log after the response has gone out: wait for the line.
+    wait_for(lambda: "127.0.0.2" in stack.nginx.access_log_text(), 5, "nginx to log the client's own address")
 
     def access_line() -> dict[str, Any] | None:
         for line in stack.service.log_text().splitlines():
