@@ -25,6 +25,7 @@ T = TypeVar("T")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 OFFSET_RESETS = ("earliest", "latest")
+ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _HOST_PORT = re.compile(r"^\[?[A-Za-z0-9_.:-]+\]?:\d{1,5}$")
 DEFAULT_OTLP_ENDPOINT = "http://localhost:4318/v1/logs"
@@ -44,6 +45,8 @@ class Settings:
     kafka_topic: str = "logs"
     kafka_group_id: str = "log-events-group"
     kafka_auto_offset_reset: str = "earliest"
+    # Aborted transactions are never shown or exported, and control records never surface.
+    kafka_isolation_level: str = "read_committed"
     partition_refresh_s: float = 10.0
     kafka_session_timeout_ms: int = 45_000
     dead_letter_topic: str | None = None
@@ -104,6 +107,7 @@ class Settings:
                                   "1-249 characters of letters, digits, '.', '_' or '-'"),
             kafka_group_id=env.text("KAFKA_GROUP_ID") or "log-events-group",
             kafka_auto_offset_reset=env.choice("KAFKA_AUTO_OFFSET_RESET", OFFSET_RESETS, "earliest"),
+            kafka_isolation_level=env.choice("KAFKA_ISOLATION_LEVEL", ISOLATION_LEVELS, "read_committed"),
             partition_refresh_s=env.integer("KAFKA_PARTITION_REFRESH_MS", 10_000, 100, 3_600_000) / 1000,
             kafka_session_timeout_ms=env.integer("KAFKA_SESSION_TIMEOUT_MS", 45_000, 6_000, 1_800_000),
             dead_letter_topic=env.parse("DEAD_LETTER_TOPIC", None, _topic_name,

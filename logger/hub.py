@@ -34,7 +34,7 @@ from logger import metrics
 from logger.config import Settings
 from logger.filters import EVERYTHING, Filter, FilterError
 from logger.records import LogRecord
-from logger.replay import Partition, ReplayRing, parse_positions
+from logger.replay import Gap, Partition, ReplayRing, parse_positions
 from logger.ws_client import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -236,6 +236,15 @@ class Hub:
             metrics.BATCHES_SENT.inc(len(members))
             metrics.BYTES_SENT.inc(len(frame) * len(members))
         report_drops()
+
+    def announce_gap(self, gap: Gap) -> None:
+        """The tail skipped records it could not read: tell every client where and why
+        (whatever its filter: it cannot know what it missed), and remember it for resumes."""
+        self.ring.skip(gap)
+        self.counters["gaps_announced"] += 1
+        frame = encode_message({"type": "gap", "partitions": [gap.as_dict()]})
+        for client in tuple(self._clients):
+            client.send(frame, droppable=False)
 
     # -- keepalive and shutdown -----------------------------------------------------
 

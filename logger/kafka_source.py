@@ -10,7 +10,9 @@
 Both share one loop shape: poll → decode → batch → hand the batch on;
 reconnect with capped backoff that ``stop`` interrupts; drain on the way out.
 A reader never lets an exception escape: it is logged, shown in ``/health``,
-and the reader reconnects.
+and the reader reconnects. A record batch that cannot be decoded is not an
+error of the connection: the reader skips exactly that batch (see
+:mod:`logger.undecodable`), says so, and goes on without reconnecting.
 
 kafka-python 3 runs its network I/O (heartbeats included) on a thread of its
 own, which gevent's monkey-patching turns into a greenlet: our loops must
@@ -28,18 +30,21 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import gevent
+import orjson
 from gevent.event import Event
 from kafka import KafkaConsumer, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.structs import MemberState, OffsetAndMetadata
 
-from logger import metrics
+from logger import metrics, undecodable
 from logger.backoff import Backoff
 from logger.batcher import Batcher
 from logger.config import Settings
 from logger.errors import ExportError
 from logger.records import LogRecord, decode
+from logger.replay import UNDECODABLE, Gap
 from logger.status import DEGRADED, OK, STARTING, STOPPED, ComponentStatus, iso_time
+from logger.undecodable import UndecodableBatch
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,8 @@ def connection_config(settings: Settings, role: str) -> dict[str, Any]:
 
 
 def consumer_config(settings: Settings, role: str) -> dict[str, Any]:
-    return {**connection_config(settings, role), "enable_auto_commit": False}
+    return {**connection_config(settings, role), "enable_auto_commit": False,
+            "isolation_level": settings.kafka_isolation_level}
 
 
 def tail_fetch_config(settings: Settings) -> dict[str, int]:
@@ -230,6 +236,7 @@ class _Reader:
         self.batcher = batcher
 
     def run(self, stop: Event) -> None:
+        undecodable.install()
         backoff = Backoff(0.5, 10.0)
         while not stop.is_set():
             consumer: KafkaConsumer | None = None
@@ -256,8 +263,12 @@ class _Reader:
     def _consume(self, consumer: KafkaConsumer, stop: Event) -> None:
         last_poll = time.monotonic()
         while not stop.is_set():
-            polled = consumer.poll(timeout_ms=int(self.batcher.time_left() * 1000) or 1,
-                                   max_records=self.batcher.room)
+            try:
+                polled = consumer.poll(timeout_ms=int(self.batcher.time_left() * 1000) or 1,
+                                       max_records=self.batcher.room)
+            except UndecodableBatch as bad:
+                self._skip_undecodable(consumer, bad)
+                polled = {}
             if polled:
                 # What this poll returned arrived after the last one ended: for the live
                 # tail, a batch is due a window after that (not after now), so records
@@ -274,6 +285,29 @@ class _Reader:
         if len(self.batcher):  # the final drain: nothing read is left behind
             self._deliver(consumer, self.batcher.take())
 
+    def _skip_undecodable(self, consumer: KafkaConsumer, bad: UndecodableBatch) -> None:
+        """Step over one batch poll() could not decode: deliver what came before it, then
+        let the path say what it lost (``_skipped``) and read on after it."""
+        tp = undecodable.failing_partition(consumer)
+        if tp is None:
+            raise bad  # cannot tell which partition: reconnect, as for any other error
+        # Records of the batch read before the failure were delivered: start after them.
+        first = min(max(bad.first, consumer.position(tp)), bad.last)
+        gap = Gap(tp.topic, tp.partition, first, bad.last, UNDECODABLE, bad.reason)
+        self.status.count("undecodable_batches")
+        self.status.details["last_undecodable"] = {**gap.as_dict(), "at": iso_time(time.time())}
+        metrics.UNDECODABLE_BATCHES.labels(self.role).inc()
+        metrics.UNDECODABLE_OFFSETS.labels(self.role).inc(gap.last - gap.first + 1)
+        log.error("%s reader skipped an undecodable batch: topic %s partition %d offsets %d-%d: %s",
+                  self.role, gap.topic, gap.partition, gap.first, gap.last, gap.error)
+        if len(self.batcher):
+            self._deliver(consumer, self.batcher.take())
+        self._skipped(consumer, tp, gap)
+
+    def _skipped(self, consumer: KafkaConsumer, tp: TopicPartition, gap: Gap) -> None:
+        """What the path does about a batch it could not read; then it reads on after it."""
+        raise NotImplementedError
+
     def _decode(self, polled: dict[TopicPartition, list[Any]]) -> Iterable[LogRecord]:
         default_service = self.settings.default_service_name
         for tp, messages in polled.items():
@@ -282,7 +316,8 @@ class _Reader:
             for message in messages:
                 record = decode(message.value, topic=tp.topic, partition=tp.partition, offset=message.offset,
                                 kafka_timestamp_ms=message.timestamp, default_service=default_service,
-                                max_bytes=self.settings.max_value_bytes, keep_raw=self.keep_raw)
+                                max_bytes=self.settings.max_value_bytes, keep_raw=self.keep_raw,
+                                key=message.key, headers=message.headers)
                 if record.malformed:
                     self.status.count("records_malformed")
                     metrics.RECORDS_MALFORMED.labels(self.role).inc()
@@ -312,11 +347,13 @@ class TailReader(_Reader):
 
     def __init__(self, settings: Settings, status: ComponentStatus,
                  publish: Callable[[list[LogRecord]], Any],
-                 positioned: Callable[[str, int, int], None] | None = None) -> None:
+                 positioned: Callable[[str, int, int], None] | None = None,
+                 announce_gap: Callable[[Gap], None] | None = None) -> None:
         super().__init__(settings, status, Batcher(settings.tail_batch_size, settings.tail_batch_interval_s,
                                                    settings.batch_max_bytes))
         self.publish = publish
         self.positioned = positioned  # told where each partition starts, for resume gaps
+        self.announce_gap = announce_gap  # told about batches skipped as undecodable
         self.partition_refresh_s = settings.partition_refresh_s
         self._next_refresh = 0.0
         self._next_offsets: dict[TopicPartition, int] = {}
@@ -379,6 +416,12 @@ class TailReader(_Reader):
         self.publish(batch)
         self.status.count("batches")
 
+    def _skipped(self, consumer: KafkaConsumer, tp: TopicPartition, gap: Gap) -> None:
+        consumer.seek(tp, gap.last + 1)
+        self._next_offsets[tp] = gap.last + 1
+        if self.announce_gap is not None:
+            self.announce_gap(gap)
+
 
 class ForwardReader(_Reader):
     """Consumer group, manual commits after the collector accepted: feeds the OTLP sink."""
@@ -429,32 +472,66 @@ class ForwardReader(_Reader):
             where = (record.topic, record.partition)
             if highest.get(where, -1) < record.offset:
                 highest[where] = record.offset
-        offsets = {TopicPartition(topic, partition): OffsetAndMetadata(offset + 1, "", -1)
-                   for (topic, partition), offset in highest.items()}
         metrics.RECORDS_EXPORTED.inc(len(batch))
+        if self._commit(consumer, {TopicPartition(topic, partition): offset + 1
+                                   for (topic, partition), offset in highest.items()}):
+            self.status.count("records_committed", len(batch))
+        else:
+            # The partitions went to another member: it re-reads from the last commit, so
+            # these records arrive twice, never zero times.
+            self.status.count("commit_failures")
+            log.warning("commit of %d exported records failed; they will be re-delivered", len(batch))
+
+    def _commit(self, consumer: KafkaConsumer, next_offsets: dict[TopicPartition, int]) -> bool:
+        """Commit the next offset to read per partition; True if the group took it."""
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in next_offsets.items()}
         rejoined = False
         for _attempt in range(3):
             try:
                 consumer.commit(offsets)
-                self.status.count("records_committed", len(batch))
                 if rejoined:  # positions were reset to the old commit by the rejoin
                     for tp, offset in offsets.items():
                         consumer.seek(tp, offset.offset)
-                return
+                return True
             except kafka_errors.RebalanceInProgressError:
                 # The group is rebalancing: finish joining, then commit what we still own.
                 self._poll_paused(consumer, REJOIN_WAIT_S)
                 rejoined = True
                 offsets = {tp: offset for tp, offset in offsets.items() if tp in consumer.assignment()}
                 if not offsets:
-                    break
+                    return False
             except kafka_errors.KafkaError as exc:
                 log.warning("commit failed: %s", exc)
-                break
-        # The partitions went to another member: it re-reads from the last commit, so
-        # these records arrive twice, never zero times.
-        self.status.count("commit_failures")
-        log.warning("commit of %d exported records failed; they will be re-delivered", len(batch))
+                return False
+        return False
+
+    def _skipped(self, consumer: KafkaConsumer, tp: TopicPartition, gap: Gap) -> None:
+        """Dead-letter the range (offsets and reason: there are no records to send), then
+        commit past it. Never past records that an abandoned export left unexported."""
+        if self.abandon.is_set() or not self._dead_letter_range(consumer, gap):
+            return
+        if tp in consumer.assignment():
+            self._commit(consumer, {tp: gap.last + 1})
+            consumer.seek(tp, gap.last + 1)
+
+    def _dead_letter_range(self, consumer: KafkaConsumer, gap: Gap) -> bool:
+        """Record the skipped range in DEAD_LETTER_TOPIC, retrying until it is written;
+        False if shutdown abandoned it. Without a dead-letter topic the log line and the
+        counters are the record."""
+        if self.dead_letter is None:
+            return True
+        notice = LogRecord(0, 0, "unknown", "", "", {}, gap.topic, gap.partition, gap.first,
+                           raw=orjson.dumps({"type": "undecodable_batch", **gap.as_dict()}))
+        backoff = Backoff(0.5, self.settings.retry_backoff_max_s)
+        while True:
+            try:
+                self.dead_letter([notice], f"undecodable batch: {gap.error}")
+                self.status.count("ranges_dead_lettered")
+                return True
+            except Exception as exc:  # noqa: BLE001 - retried like an export
+                log.warning("dead-lettering the undecodable range failed (%s); retrying", exc)
+            if not self._wait_for_retry(consumer, backoff.next()):
+                return False
 
     def _export_until_accepted(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> bool:
         """Retry retriable failures with capped backoff (never sooner than the collector's
@@ -473,15 +550,20 @@ class ForwardReader(_Reader):
                     return True
                 self.status.count("export_retries")
                 metrics.EXPORT_RETRIES.inc()
-                delay = backoff.next(exc.retry_after or 0.0)
-                deadline = time.monotonic() + delay
-                while True:
-                    if self.abandon.wait(min(max(deadline - time.monotonic(), 0), 1.0)):
-                        log.warning("shutdown: %d records not exported, offsets left uncommitted", len(batch))
-                        return False
-                    self._stay_in_group(consumer)
-                    if time.monotonic() >= deadline:
-                        break
+                if not self._wait_for_retry(consumer, backoff.next(exc.retry_after or 0.0)):
+                    log.warning("shutdown: %d records not exported, offsets left uncommitted", len(batch))
+                    return False
+
+    def _wait_for_retry(self, consumer: KafkaConsumer, delay: float) -> bool:
+        """Wait ``delay`` seconds before a retry, staying in the group; False if shutdown
+        abandoned the retry meanwhile."""
+        deadline = time.monotonic() + delay
+        while True:
+            if self.abandon.wait(min(max(deadline - time.monotonic(), 0), 1.0)):
+                return False
+            self._stay_in_group(consumer)
+            if time.monotonic() >= deadline:
+                return True
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
         """Records behind the end per owned partition, from what the fetches already

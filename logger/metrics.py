@@ -21,6 +21,10 @@ from prometheus_client import multiprocess
 
 RECORDS_CONSUMED = Counter("logger_records_consumed_total", "Records read from Kafka", ["path"])
 RECORDS_MALFORMED = Counter("logger_records_malformed_total", "Values that were not a JSON object", ["path"])
+UNDECODABLE_BATCHES = Counter("logger_undecodable_batches_total",
+                              "Record batches skipped because they could not be decoded", ["path"])
+UNDECODABLE_OFFSETS = Counter("logger_undecodable_offsets_total",
+                              "Offsets in record batches skipped because they could not be decoded", ["path"])
 RECORDS_DELIVERED = Counter("logger_records_delivered_total", "Records sent to WebSocket clients (per client)")
 BATCHES_SENT = Counter("logger_batches_sent_total", "Batch messages sent to WebSocket clients (per client)")
 BYTES_SENT = Counter("logger_ws_sent_bytes_total", "Bytes of batch messages sent to WebSocket clients")

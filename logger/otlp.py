@@ -100,6 +100,11 @@ class OtlpSink:
                 proto.severity_number = record.severity_number
                 proto.severity_text = _SEVERITY_TEXT.get(record.level) or record.level.upper()
             proto.body.string_value = record.message
+            if record.trace_id:  # fields of the LogRecord, not attributes: Grafana links them to traces
+                proto.trace_id = record.trace_id
+                if record.span_id:
+                    proto.span_id = record.span_id
+                proto.flags = record.trace_flags
             _fill(proto.attributes, record.attributes, "", 0)
             if record.malformed:
                 _set(proto.attributes.add(), "log.malformed", record.malformed)

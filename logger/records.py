@@ -7,16 +7,35 @@ normalised; every other field is kept as an attribute. A value that is not a
 JSON object (plain text, invalid UTF-8, empty, a tombstone, a JSON scalar)
 becomes a record whose body is the text, with ``malformed`` saying why:
 decoding never raises.
+
+Producers other than our own add framing around the value and metadata
+beside it, and both are read here:
+
+* Confluent Schema Registry serializers write a magic byte ``0x00`` and a
+  4-byte schema id before the payload. JSON after it is decoded as usual and
+  the id kept as ``kafka.schema_id``; Avro or Protobuf after it becomes a text
+  record (the payload in base64) marked ``schema_registry_binary``.
+* The record key and headers become attributes, following the OpenTelemetry
+  conventions for Kafka: ``messaging.kafka.message.key`` and
+  ``messaging.kafka.message.header.<name>`` (text, or base64 when not UTF-8).
+* Trace context goes to the record's ``trace_id``/``span_id``/``trace_flags``:
+  from a W3C ``traceparent`` header first, else from ``trace_id``/``span_id``/
+  ``trace_flags`` fields of the JSON (hex). Ids that are not valid stay
+  attributes. A message with no key, no headers and no trace fields pays two
+  checks and two dict look-ups for all this.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+
+from logger import trace_context
 
 TIMESTAMP_KEYS = ("timestamp", "@timestamp", "time", "ts", "datetime")
 LEVEL_KEYS = ("level", "severity", "severity_text", "levelname", "log.level", "lvl", "loglevel")
@@ -45,6 +64,11 @@ _SYSLOG = {0: "emergency", 1: "alert", 2: "critical", 3: "error",
 LEVEL_NAMES = ("trace", "debug", "info", "warn", "error", "fatal")
 UNKNOWN_LEVEL = (0, "unknown")
 
+KEY_ATTRIBUTE = "messaging.kafka.message.key"
+HEADER_PREFIX = "messaging.kafka.message.header."
+SCHEMA_ID_ATTRIBUTE = "kafka.schema_id"
+SCHEMA_REGISTRY_MAGIC = 0  # Confluent wire format: magic byte, 4-byte big-endian schema id, payload
+
 TRUNCATION_MARK = " …[truncated]"
 MAX_TIME_NS = 1 << 63  # OTLP's fixed64 holds more, but nothing sane is past 2262
 
@@ -67,6 +91,9 @@ class LogRecord:
     malformed: str | None = None
     size: int = 0
     raw: bytes | None = None  # the value as read, kept only where it may be dead-lettered
+    trace_id: bytes = b""  # 16 bytes when known
+    span_id: bytes = b""  # 8 bytes when known
+    trace_flags: int = 0
 
     def to_client(self) -> dict[str, Any]:
         """The record as WebSocket clients receive it (see the README's protocol)."""
@@ -83,18 +110,25 @@ class LogRecord:
         }
         if self.malformed:
             out["malformed"] = self.malformed
+        if self.trace_id:
+            out["trace_id"] = self.trace_id.hex()
+            if self.span_id:
+                out["span_id"] = self.span_id.hex()
         return out
 
 
 def decode(value: bytes | None, *, topic: str = "", partition: int = -1, offset: int = -1,
            kafka_timestamp_ms: int | None = None, default_service: str = "unknown_service",
-           max_bytes: int = 0, keep_raw: bool = False) -> LogRecord:
-    """Turn one Kafka message value into a LogRecord. Never raises.
+           max_bytes: int = 0, keep_raw: bool = False, key: bytes | None = None,
+           headers: list[tuple[str, bytes | None]] | None = None) -> LogRecord:
+    """Turn one Kafka message (value, key, headers) into a LogRecord. Never raises.
 
     A value longer than ``max_bytes`` (0: no limit) is cut there and becomes a
     text record marked ``malformed="truncated"``.
     """
     record = _decode(value, topic, partition, offset, kafka_timestamp_ms, default_service, max_bytes)
+    if key is not None or headers:
+        _add_key_and_headers(record, key, headers)
     if keep_raw:
         record.raw = value
     return record
@@ -115,6 +149,8 @@ def _decode(value: bytes | None, topic: str, partition: int, offset: int, kafka_
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
+        if value[0] == SCHEMA_REGISTRY_MAGIC and size > 5:
+            return _schema_registry(value, fallback_ns, default_service, position)
         try:
             text, reason = value.decode("utf-8"), "not_json"
         except UnicodeDecodeError:
@@ -124,6 +160,25 @@ def _decode(value: bytes | None, topic: str, partition: int, offset: int, kafka_
         return _text_record(value.decode("utf-8", "replace"), "not_object", fallback_ns,
                             default_service, size, position)
     return _from_object(parsed, fallback_ns, default_service, size, position)
+
+
+def _schema_registry(value: bytes, fallback_ns: int, default_service: str,
+                     position: tuple[str, int, int]) -> LogRecord:
+    """A value in Confluent's wire format: JSON after the header is decoded; any
+    other payload (Avro, Protobuf) is kept, in base64, as a text record."""
+    schema_id = int.from_bytes(value[1:5], "big")
+    payload = value[5:]
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        record = _from_object(parsed, fallback_ns, default_service, len(value), position)
+    else:
+        text = base64.b64encode(payload).decode("ascii")
+        record = _text_record(text, "schema_registry_binary", fallback_ns, default_service, len(value), position)
+    record.attributes[SCHEMA_ID_ATTRIBUTE] = schema_id
+    return record
 
 
 def _text_record(text: str, reason: str, time_ns: int, service: str, size: int,
@@ -160,8 +215,69 @@ def _from_object(attributes: dict[str, Any], fallback_ns: int, default_service: 
         message = orjson.dumps(message).decode()
     number, level = severity
     # Positional: the constructor is on the hot path, and keywords cost ~40 % more.
-    return LogRecord(fallback_ns if time_ns is None else time_ns, number, level, service, message,
-                     attributes, *position, None, size)
+    record = LogRecord(fallback_ns if time_ns is None else time_ns, number, level, service, message,
+                       attributes, *position, None, size)
+    if "trace_id" in attributes or "traceId" in attributes:
+        _take_trace_fields(record)
+    return record
+
+
+def _take_trace_fields(record: LogRecord) -> None:
+    """Move valid ``trace_id``/``span_id``/``trace_flags`` fields out of the attributes
+    into the record's trace context; invalid ones stay attributes."""
+    attributes = record.attributes
+    trace_key = next(k for k in trace_context.TRACE_ID_KEYS if k in attributes)
+    trace_id = trace_context.hex_id(attributes[trace_key], 32)
+    if trace_id is None:
+        return
+    record.trace_id = trace_id
+    del attributes[trace_key]
+    for key in trace_context.SPAN_ID_KEYS:
+        span_id = trace_context.hex_id(attributes.get(key), 16)
+        if span_id is not None:
+            record.span_id = span_id
+            del attributes[key]
+            break
+    for key in trace_context.TRACE_FLAGS_KEYS:
+        trace_flags = trace_context.flags(attributes.get(key))
+        if trace_flags is not None:
+            record.trace_flags = trace_flags
+            del attributes[key]
+            break
+
+
+def _add_key_and_headers(record: LogRecord, key: bytes | None, headers: list[tuple[str, bytes | None]] | None
+                         ) -> None:
+    """The Kafka key and headers as attributes; a valid ``traceparent`` header sets the
+    trace context instead (it outranks JSON fields, which then stay attributes)."""
+    attributes = record.attributes
+    if key is not None:
+        attributes[KEY_ATTRIBUTE] = _bytes_text(key)
+    for name, raw in headers or ():
+        if name.lower() == "traceparent":
+            parsed = trace_context.parse_traceparent(raw)
+            if parsed is not None:
+                if record.trace_id and record.trace_id != parsed[0]:
+                    attributes["trace_id"] = record.trace_id.hex()
+                    if record.span_id:
+                        attributes["span_id"] = record.span_id.hex()
+                record.trace_id, record.span_id, record.trace_flags = parsed
+                continue
+        text = None if raw is None else _bytes_text(raw)
+        attribute = HEADER_PREFIX + name
+        if attribute not in attributes:
+            attributes[attribute] = text
+        else:  # a repeated header: keep every value, in order
+            earlier = attributes[attribute]
+            attributes[attribute] = [*earlier, text] if isinstance(earlier, list) else [earlier, text]
+
+
+def _bytes_text(raw: bytes) -> str:
+    """UTF-8 text as is; anything else in base64 (OpenTelemetry attributes are text)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii")
 
 
 def _pop_service(attributes: dict[str, Any]) -> str | None:

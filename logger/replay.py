@@ -18,15 +18,25 @@ Partition = tuple[str, int]
 RECORD_OVERHEAD = 200  # bytes a held record costs beyond its value, roughly
 
 
+NOT_IN_REPLAY, UNDECODABLE = "not_in_replay", "undecodable"  # gap reasons (the protocol)
+SKIPS_KEPT = 64  # skipped ranges remembered for clients resuming from before them
+
+
 @dataclass(frozen=True)
 class Gap:
     topic: str
     partition: int
     first: int  # first offset the client missed that is no longer here
     last: int
+    reason: str = NOT_IN_REPLAY  # not (or no longer) in the ring, or never readable
+    error: str = ""  # what made it undecodable
 
     def as_dict(self) -> dict[str, object]:
-        return {"topic": self.topic, "partition": self.partition, "from": self.first, "to": self.last}
+        out: dict[str, object] = {"topic": self.topic, "partition": self.partition, "from": self.first,
+                                  "to": self.last, "reason": self.reason}
+        if self.error:
+            out["error"] = self.error
+        return out
 
 
 class ReplayRing:
@@ -37,6 +47,7 @@ class ReplayRing:
         self._bytes = 0
         self._last: dict[Partition, int] = {}  # last offset published, per partition
         self._floor: dict[Partition, int] = {}  # lowest offset still held (or next to come)
+        self._skips: deque[Gap] = deque(maxlen=SKIPS_KEPT)  # ranges the tail could not read
 
     def __len__(self) -> int:
         return len(self._records)
@@ -64,6 +75,16 @@ class ReplayRing:
             self._last[key] = next_offset - 1
             self._floor[key] = next_offset
 
+    def skip(self, gap: Gap) -> None:
+        """The tail skipped ``gap`` (it could not be read): the stream moves past it, and a
+        client resuming from before it is told, with the reason."""
+        key = (gap.topic, gap.partition)
+        if self._last.get(key, -1) < gap.last:
+            self._last[key] = gap.last
+        if not self.max_records:
+            self._floor[key] = gap.last + 1
+        self._skips.append(gap)
+
     def positions(self) -> list[str]:
         """Where the live stream stands: ``topic:partition:offset`` of the last record published."""
         return [f"{topic}:{partition}:{offset}" for (topic, partition), offset in sorted(self._last.items())]
@@ -90,6 +111,11 @@ class ReplayRing:
             floor = self._floor.get(key, last + 1)
             if floor > offset + 1:
                 gaps.append(Gap(key[0], key[1], offset + 1, floor - 1))
+        for skip in self._skips:
+            seen_offset = seen.get((skip.topic, skip.partition))
+            if seen_offset is not None and skip.last > seen_offset:
+                first = max(skip.first, seen_offset + 1)
+                gaps.append(Gap(skip.topic, skip.partition, first, skip.last, UNDECODABLE, skip.error))
         missed = [r for r in self._records
                   if (r.topic, r.partition) in seen and r.offset > seen[(r.topic, r.partition)]
                   and wanted.matches(r)]

@@ -57,7 +57,8 @@ class LogService:
         self._started = True
         settings = self.settings
         if settings.tail_enabled:
-            reader = TailReader(settings, self.tail, self.hub.publish, self.hub.ring.mark_start)
+            reader = TailReader(settings, self.tail, self.hub.publish, self.hub.ring.mark_start,
+                                self.hub.announce_gap)
             self._readers.append(gevent.spawn(reader.run, self._stop))
         if settings.forward_enabled:
             self._sink = OtlpSink(settings.otlp_endpoint, self.collector)

@@ -27,6 +27,7 @@ class ComponentStatus:
     error: str | None = None
     since: float = field(default_factory=time.time)
     counters: Counter[str] = field(default_factory=Counter)
+    details: dict[str, Any] = field(default_factory=dict)  # latest facts worth showing, e.g. a skipped batch
 
     def set(self, state: str, error: str | None = None) -> None:
         """Move to ``state``; log each change once, not once per retry."""
@@ -44,7 +45,7 @@ class ComponentStatus:
         self.counters[name] += amount
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"state": self.state, "since": iso_time(self.since), **self.counters}
+        out: dict[str, Any] = {"state": self.state, "since": iso_time(self.since), **self.counters, **self.details}
         if self.error:
             out["error"] = self.error
         return out

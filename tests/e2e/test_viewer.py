@@ -453,7 +453,7 @@ def test_resume_replays_what_was_missed_and_announces_a_gap(viewer: Callable[...
         expect(notice).to_have_count(1)
         expect(notice).to_contain_text("10 records")
         expect(notice).to_contain_text(f"{v.topic} partition 0, offsets 7–16")
-        assert {"type": "gap", "partitions": [{"topic": v.topic, "partition": 0, "from": 7, "to": 16}]} \
+        assert {"type": "gap", "partitions": [{"topic": v.topic, "partition": 0, "from": 7, "to": 16, "reason": "not_in_replay"}]} \
             in v.received
         v.check(allowed_console=OUTAGE_CONSOLE)
     finally:

@@ -158,7 +158,7 @@ def test_a_position_older_than_the_ring_yields_a_gap(kafka, topic, service, ws_c
     reference.wait_records(20)
     client = ws_client(proc.ws_url + f"?since={name}:0:2")
     gap = wait_message(client, "gap")
-    assert gap["partitions"] == [{"topic": name, "partition": 0, "from": 3, "to": 14}]
+    assert gap["partitions"] == [{"topic": name, "partition": 0, "from": 3, "to": 14, "reason": "not_in_replay"}]
     replay = wait_message(client, "logs")
     assert [r["offset"] for r in replay["records"]] == [15, 16, 17, 18, 19]
     assert_valid(client)

@@ -75,7 +75,8 @@ def test_ring_tail_since_and_gaps():
     assert [r.offset for r in missed] == [7, 8, 9] and gaps == []
     missed, gaps = ring.since(EVERYTHING, {("logs", 0): 2})
     assert [r.offset for r in missed] == [5, 6, 7, 8, 9]
-    assert [g.as_dict() for g in gaps] == [{"topic": "logs", "partition": 0, "from": 3, "to": 4}]
+    assert [g.as_dict() for g in gaps] == [{"topic": "logs", "partition": 0, "from": 3, "to": 4,
+                                                "reason": "not_in_replay"}]
     assert ring.since(EVERYTHING, {("logs", 0): 9}) == ([], [])
 
 
@@ -163,7 +164,7 @@ def test_hub_resume_reports_a_gap_when_the_ring_lost_records():
     client = FakeClient()
     hub.attach(client, Subscription(since={("logs", 0): 4}))
     hello, gap, replay = client.messages()
-    assert gap == {"type": "gap", "partitions": [{"topic": "logs", "partition": 0, "from": 5, "to": 6}]}
+    assert gap == {"type": "gap", "partitions": [{"topic": "logs", "partition": 0, "from": 5, "to": 6, "reason": "not_in_replay"}]}
     assert [r["offset"] for r in replay["records"]] == [7, 8, 9]
 
 
@@ -186,7 +187,7 @@ def test_a_ring_that_started_late_reports_what_came_before_as_a_gap():
     ring.mark_start("logs", 0, 50)  # a restarted worker reads from offset 50 on
     missed, gaps = ring.since(EVERYTHING, {("logs", 0): 40})
     assert missed == [] and [g.as_dict() for g in gaps] == [{"topic": "logs", "partition": 0, "from": 41,
-                                                              "to": 49}]
+                                                              "to": 49, "reason": "not_in_replay"}]
     ring.add([rec(50), rec(51)])
     missed, gaps = ring.since(EVERYTHING, {("logs", 0): 49})
     assert [r.offset for r in missed] == [50, 51] and gaps == []
