@@ -9,9 +9,10 @@ runs this probe once after such a failure (off the hot path: the batch has
 failed already and waits for its retry) to say which it is.
 
 How the reply is told apart (RFC 9113 §3.4): an HTTP/2 server sends its
-connection preface, a SETTINGS frame, as soon as the connection is open (Rotel
-and gRPC servers do this before reading a byte). An HTTP/1.1 server never
-speaks first. So the probe listens briefly, and if the server is silent it
+connection preface, a SETTINGS frame, and may do so before the client says
+anything (Rotel's gRPC receiver does, checked; a server that waits is drawn
+out by the request below). An HTTP/1.1 server never speaks first. So the
+probe listens briefly, and if the server is silent it
 asks ``GET /`` over HTTP/1.1 (no data enters any pipeline) and reads the
 first bytes of the answer: ``HTTP/1.x`` is an HTTP/1.1 server, a frame
 header of type SETTINGS or GOAWAY on stream 0 is an HTTP/2-only server,
