@@ -420,6 +420,7 @@ class RotelCollector:
         self._log_dir = Path(log_dir) if log_dir else None
         self.log_path: Path | None = None
         self.port = port
+        self.grpc_port = 0  # Rotel's OTLP/gRPC receiver, chosen at start()
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -494,7 +495,7 @@ class RotelCollector:
         for _ in range(attempts if not fixed else 1):
             ports = free_ports(3)
             self.port = self.port or ports[0]
-            grpc_port = next(p for p in ports if p != self.port)
+            grpc_port = self.grpc_port = next(p for p in ports if p != self.port)
             with open(self.log_path, "ab") as log:  # append: restarts keep one log
                 self._proc = subprocess.Popen(
                     self._args(self.port, grpc_port, workdir),

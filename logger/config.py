@@ -29,6 +29,8 @@ ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _HOST_PORT = re.compile(r"^\[?[A-Za-z0-9_.:-]+\]?:\d{1,5}$")
 DEFAULT_OTLP_ENDPOINT = "http://localhost:4318/v1/logs"
+# The OTLP specification's default ports: 4317 for OTLP/gRPC, 4318 for OTLP/HTTP.
+OTLP_GRPC_PORT, OTLP_HTTP_PORT = 4317, 4318
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,8 @@ class Settings:
     dead_letter_topic: str | None = None
     max_value_bytes: int = 1 << 20
     otlp_endpoint: str = DEFAULT_OTLP_ENDPOINT
+    # What to tell the operator when the endpoint turns out to be OTLP/gRPC (issue 17).
+    otlp_grpc_error: str = field(default_factory=lambda: otlp_grpc_error("OTLP_ENDPOINT", None))
     default_service_name: str = "unknown_service"
     cors_origins: tuple[str, ...] = (
         "http://localhost:3000", "http://localhost:3001", "http://localhost:3002")
@@ -78,6 +82,11 @@ class Settings:
     @property
     def kafka_sasl(self) -> bool:
         return self.kafka_security_protocol.startswith("SASL_")
+
+    @property
+    def otlp_names_grpc_port(self) -> bool:
+        """The collector endpoint names port 4317, the OTLP/gRPC port (see :func:`otlp_grpc_error`)."""
+        return names_grpc_port(self.otlp_endpoint)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +123,7 @@ class Settings:
                                         "1-249 characters of letters, digits, '.', '_' or '-'"),
             max_value_bytes=env.integer("MAX_VALUE_BYTES", 1 << 20, 1024, 64 << 20),
             otlp_endpoint=_otlp_endpoint(env),
+            otlp_grpc_error=otlp_grpc_error(*_otlp_setting(env)),
             default_service_name=env.text("OTEL_SERVICE_NAME") or "unknown_service",
             cors_origins=tuple(
                 env.parse(name, default, _origin, "an origin such as https://app.example.com")
@@ -278,3 +288,54 @@ def _otlp_endpoint(env: _Env) -> str:
             base = base.rstrip("/") + "/v1/logs"
         return base
     return DEFAULT_OTLP_ENDPOINT
+
+
+def names_grpc_port(endpoint: str) -> bool:
+    """Whether a collector URL names port 4317, the OTLP/gRPC port."""
+    try:
+        return urlsplit(endpoint).port == OTLP_GRPC_PORT
+    except ValueError:
+        return False
+
+
+def _otlp_setting(env: _Env) -> tuple[str, str | None]:
+    """Which variable set the collector endpoint, and its value as written (None: the default)."""
+    for name in ("OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        if env.text(name):
+            return name, env.text(name)
+    return "OTLP_ENDPOINT", None
+
+
+def otlp_grpc_error(variable: str, value: str | None) -> str:
+    """One line for the log and ``/health`` when the endpoint is an OTLP/gRPC receiver.
+
+    The Go service documented ``OTLP_ENDPOINT=localhost:4317``, the gRPC port;
+    this service posts OTLP/HTTP (HTTP/1.1), which a gRPC server answers with
+    an HTTP/2 frame or a reset, and requests then reports only "Connection
+    aborted". So the line says what is wrong and the exact value to set: the
+    same host and form, on the OTLP/HTTP port.
+    """
+    written = value or DEFAULT_OTLP_ENDPOINT
+    shown = f"{variable}={_without_password(written)}" if value else f"{variable} (default {written})"
+    url = urlsplit(written if "://" in written else "http://" + written)
+    what = ("is the OTLP/gRPC port" if url.port == OTLP_GRPC_PORT
+            else "answers like an OTLP/gRPC server (HTTP/2 only)")
+    return (f"{shown} {what}, but this service sends OTLP/HTTP: use the collector's OTLP/HTTP endpoint "
+            f"(usually :{OTLP_HTTP_PORT}), e.g. {variable}={_on_http_port(written)}")
+
+
+def _on_http_port(written: str) -> str:
+    """``written`` with its port replaced by 4318, keeping its form (``host:port`` or URL)."""
+    bare = "://" not in written
+    url = urlsplit("http://" + written if bare else written)
+    host = f"[{url.hostname}]" if url.hostname and ":" in url.hostname else (url.hostname or "localhost")
+    replaced = url._replace(netloc=f"{host}:{OTLP_HTTP_PORT}").geturl()
+    return replaced.removeprefix("http://") if bare else replaced
+
+
+def _without_password(written: str) -> str:
+    """Never show a password given in the URL's user part."""
+    url = urlsplit(written)
+    if "://" not in written or url.password is None:
+        return written
+    return url._replace(netloc=f"{url.username}:<not shown>@{url.netloc.rsplit('@', 1)[1]}").geturl()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from opentelemetry.exporter.otlp.common.http import _extract_retry_after
@@ -26,7 +27,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.sdk.resources import OTELResourceDetector
 
 import logger
-from logger import metrics
+from logger import grpc_probe, metrics
+from logger.config import names_grpc_port
 from logger.errors import ExportError
 from logger.records import LEVEL_NAMES, LogRecord
 from logger.status import DEGRADED, OK, ComponentStatus
@@ -40,9 +42,13 @@ _SEVERITY_TEXT = {name: name.upper() for name in LEVEL_NAMES}
 class OtlpSink:
     """Sends batches of LogRecords to an OTLP/HTTP collector."""
 
-    def __init__(self, endpoint: str, status: ComponentStatus) -> None:
+    def __init__(self, endpoint: str, status: ComponentStatus, grpc_error: str = "") -> None:
         self.endpoint = endpoint
         self.status = status
+        # The message for an endpoint that is an OTLP/gRPC receiver, and what the
+        # probe found during the current run of failures (None: not probed yet).
+        self.grpc_error = grpc_error or f"collector at {endpoint} answers like an OTLP/gRPC server (HTTP/2 only)"
+        self._verdict: str | None = None
         self._exporter = OTLPLogExporter(endpoint=endpoint)
         self._base_resource = [
             _key_value(key, value)
@@ -60,6 +66,7 @@ class OtlpSink:
         outcome = _post(self._exporter, payload)
         metrics.EXPORT_SECONDS.observe(time.monotonic() - started)
         if outcome.status_code is not None and 200 <= outcome.status_code < 300:
+            self._verdict = None
             self.status.count("requests")
             self.status.count("records_exported", len(records))
             self.status.set(OK)
@@ -68,12 +75,34 @@ class OtlpSink:
         status_code = outcome.status_code
         reason = str(outcome.error or outcome.reason or "unknown error")
         retriable = status_code is None or status_code in _RETRIABLE_STATUS
-        message = (f"collector at {self.endpoint} answered HTTP {status_code}: {reason}"
-                   if status_code is not None else f"collector at {self.endpoint} unreachable: {reason}")
+        if status_code is not None:
+            message = f"collector at {self.endpoint} answered HTTP {status_code}: {reason}"
+        elif self._is_grpc(reason):
+            message = self.grpc_error  # retriable, like any outage: the offsets wait for the fix
+        else:
+            message = f"collector at {self.endpoint} unreachable: {reason}"
         self.status.count("failed_requests")
         self.status.set(DEGRADED, message)
         raise ExportError(message, status=status_code, retriable=retriable,
                           retry_after=_retry_after(outcome) if retriable else None)
+
+    def _is_grpc(self, reason: str) -> bool:
+        """After a transport failure: is the endpoint an OTLP/gRPC receiver?
+
+        Probed once per run of failures, and only once a connection was made
+        (a refusal means nothing listens: the probe would learn nothing). Port
+        4317 counts as gRPC unless the probe heard HTTP/1.1 there: a gRPC
+        server often resets before its SETTINGS frame can be read, and the
+        OTLP/gRPC port is the likelier explanation than a network fault.
+        """
+        if self._verdict is None and "refused" not in reason.lower():
+            url = urlsplit(self.endpoint)
+            # Plain TCP only: behind TLS the first bytes are the handshake's, not HTTP's.
+            self._verdict = (grpc_probe.probe(url.hostname, url.port or 80)
+                             if url.scheme == "http" and url.hostname else grpc_probe.UNKNOWN)
+        if self._verdict == grpc_probe.HTTP2:
+            return True
+        return names_grpc_port(self.endpoint) and self._verdict != grpc_probe.HTTP1
 
     def encode(self, records: Iterable[LogRecord]) -> ExportLogsServiceRequest:
         """Group records by service: one ResourceLogs (with ``service.name``) each.

@@ -61,7 +61,15 @@ class LogService:
                                 self.hub.announce_gap)
             self._readers.append(gevent.spawn(reader.run, self._stop))
         if settings.forward_enabled:
-            self._sink = OtlpSink(settings.otlp_endpoint, self.collector)
+            self._sink = OtlpSink(settings.otlp_endpoint, self.collector, settings.otlp_grpc_error)
+            if settings.otlp_names_grpc_port:
+                # Kept, with this one warning, rather than refused or rewritten (README,
+                # "Coming from the Go service"): the live tail needs no collector; the
+                # port alone does not prove the protocol (a container may map 4317 to an
+                # OTLP/HTTP receiver); a rewrite would send data where the operator did not
+                # say. Exports are retried with offsets uncommitted until this is fixed, and
+                # the first one the collector accepts clears the warning.
+                self.collector.set(DEGRADED, settings.otlp_grpc_error)
             reader = ForwardReader(settings, self.forward, self._sink.export, self._abandon,
                                    self._dead_letter if settings.dead_letter_topic else None)
             self._readers.append(gevent.spawn(reader.run, self._stop))
