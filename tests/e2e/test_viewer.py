@@ -60,7 +60,8 @@ def values(run: str, start: int, count: int, levels: tuple[str, ...] = ("info", 
            pad: int = 0) -> list[bytes]:
     return [json.dumps({"run": run, "seq": i, "level": levels[i % len(levels)], "service": f"svc-{i % 3}",
                         "message": f"{run} event {i}" + (" " + "x" * pad if pad else ""),
-                        "user": {"id": i % 5}}).encode() for i in range(start, start + count)]
+                        "user": {"id": i % 5}, "trace_id": f"{i + 1:032x}", "span_id": f"{i + 1:016x}"}).encode()
+            for i in range(start, start + count)]
 
 
 @dataclass
@@ -216,7 +217,7 @@ def test_page_loads_clean_shows_records_and_expands_them(viewer: Callable[..., V
     expect(details).to_have_count(1)
     text = details.inner_text()
     for expected in ("TOPIC", v.topic, "PARTITION", "OFFSET", "user.id", "run", v.run, "severity 9",
-                     f"{v.run} event 0"):
+                     f"{v.run} event 0", "TRACE ID", f"{1:032x}", "SPAN ID", f"{1:016x}"):
         assert expected in text, (expected, text)
     # Keyboard: arrows move between records, Enter toggles.
     page.keyboard.press("ArrowDown")

@@ -698,6 +698,8 @@
     field(list, "Partition", String(record.partition));
     field(list, "Offset", String(record.offset));
     if (record.malformed) field(list, "Malformed", String(record.malformed));
+    if (record.trace_id) field(list, "Trace ID", String(record.trace_id), "span2");
+    if (record.span_id) field(list, "Span ID", String(record.span_id));
     field(list, "Message", String(record.message), "wide pre");
     const attributes = flatten(record.attributes || {}, "", []).filter(([key]) => key);
     if (attributes.length) {
