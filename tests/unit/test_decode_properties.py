@@ -44,3 +44,27 @@ def test_huge_values_are_truncated_with_a_marker():
     assert record.malformed == "truncated"
     assert record.message.endswith(TRUNCATION_MARK) and len(record.message) < 1100
     assert record.size == len(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.binary(max_size=40)),
+       st.lists(st.tuples(st.sampled_from(["traceparent", "h", "trace-id"]) | st.text(max_size=6),
+                          st.one_of(st.none(), st.binary(max_size=60),
+                                    st.from_regex(r"\A[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+                                    .map(str.encode))), max_size=4),
+       st.dictionaries(st.sampled_from(["trace_id", "traceId", "span_id", "spanId", "trace_flags", "message"]),
+                       json_values | st.from_regex(r"\A[0-9a-f]{16,32}\Z"), max_size=5))
+def test_any_key_headers_and_trace_fields_keep_every_value(key, headers, obj):
+    value = b"\x00\x00\x00\x00\x07" + json.dumps(obj).encode()  # Schema Registry framing, too
+    record = decode(value, key=key, headers=headers, kafka_timestamp_ms=1)
+    client = record.to_client()
+    json.dumps(client)
+    SINK.encode([record]).SerializeToString()
+    # Nothing is lost: every header is an attribute unless it became the trace context,
+    # and every trace field of the JSON is an attribute unless it did.
+    names = {name for name, _ in headers if name.lower() != "traceparent" or record.trace_id == b""}
+    assert {f"messaging.kafka.message.header.{n}" for n in names} <= set(record.attributes)
+    for field in ("trace_id", "traceId", "span_id", "spanId"):
+        if field in obj and field not in record.attributes:
+            assert bytes.fromhex(obj[field]) in (record.trace_id, record.span_id)
+    assert (key is None) == ("messaging.kafka.message.key" not in record.attributes)
