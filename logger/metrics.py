@@ -12,12 +12,14 @@ base units (``_seconds``, ``_bytes``).
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, \
     generate_latest
 from prometheus_client import multiprocess
+from prometheus_client.mmap_dict import MmapedDict
 
 RECORDS_CONSUMED = Counter("logger_records_consumed_total", "Records read from Kafka", ["path"])
 RECORDS_MALFORMED = Counter("logger_records_malformed_total", "Values that were not a JSON object", ["path"])
@@ -58,6 +60,30 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def clients_per_worker() -> dict[int, int]:
+    """Connected WebSocket clients of every live worker, by pid, read from the workers'
+    own gauge files: /health shows the whole server without asking the other workers.
+    Empty outside Gunicorn (no multiprocess folder)."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return {}
+    counts = {}
+    master = os.getppid()  # Gunicorn's master imports this module too: its gauges are all 0
+    for path in glob.glob(os.path.join(folder, "gauge_livesum_*.db")):
+        try:
+            values = MmapedDict.read_all_values_from_file(path)
+        except FileNotFoundError:  # the worker just died and the master removed its file
+            continue
+        for key, value, _timestamp, _position in values:
+            pid = int(os.path.basename(path)[len("gauge_livesum_"):-len(".db")])
+            if key.startswith(_CLIENTS_KEY) and pid != master:
+                counts[pid] = int(value)
+    return counts
+
+
+_CLIENTS_KEY = '["logger_ws_clients",'  # how prometheus_client keys the gauge in its files
 
 
 def worker_exited(pid: int) -> None:

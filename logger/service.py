@@ -21,6 +21,7 @@ import gevent
 from gevent.event import Event
 
 import logger
+from logger import metrics
 from logger.config import Settings
 from logger.hub import Hub
 from logger.kafka_sink import KafkaPublisher
@@ -148,12 +149,15 @@ class LogService:
         parts = (self.tail, self.forward, self.collector)
         connection = connection_health()
         healthy = all(part.state in (OK, DISABLED, IDLE) for part in parts) and "outage" not in connection
+        by_worker = metrics.clients_per_worker()
+        by_worker[os.getpid()] = len(self.hub)  # our own count is exact and current
         return {
             "status": "ok" if healthy else DEGRADED,
             "version": logger.__version__,
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "worker": os.getpid(),
-            "clients": len(self.hub),
+            "clients": sum(by_worker.values()),  # every worker's: the server's client count
+            "clients_by_worker": {str(pid): count for pid, count in sorted(by_worker.items())},
             "kafka": {"brokers": list(self.settings.kafka_brokers), "topic": self.settings.kafka_topic,
                       "tail": self.tail.as_dict(), "forward": self.forward.as_dict(), **connection},
             "collector": {"endpoint": self.settings.otlp_endpoint, **self.collector.as_dict()},

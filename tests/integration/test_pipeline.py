@@ -72,6 +72,12 @@ def test_two_workers_and_three_partitions_every_client_sees_everything(kafka, to
         if len(workers) == 2 and len(clients) >= 2:
             break
     assert len(workers) == 2, "could not reach both workers"
+    # /health counts the clients of every worker, whichever worker answers.
+    per_worker = {str(pid): sum(1 for c in clients if _hello(c)["worker"] == pid) for pid in workers}
+    for _ in range(6):
+        health = proc.health()
+        assert health["clients"] == len(clients)
+        assert health["clients_by_worker"] == per_worker
 
     produce(kafka, name, log_values(run_id, 90), partition_of=lambda i: i % 3)
 
