@@ -63,6 +63,7 @@ class Settings:
     forward_enabled: bool = True
     tail_batch_size: int = 500
     tail_batch_interval_s: float = 0.05
+    tail_max_lag_s: float = 5.0  # the live tail skips ahead rather than fall further behind (0: never)
     forward_batch_size: int = 2000
     forward_batch_interval_s: float = 0.5
     batch_max_bytes: int = 1 << 20
@@ -134,6 +135,7 @@ class Settings:
             forward_enabled=env.boolean("FORWARD_ENABLED", True),
             tail_batch_size=env.integer("TAIL_BATCH_SIZE", 500, 1, 100_000),
             tail_batch_interval_s=env.integer("TAIL_BATCH_INTERVAL_MS", 50, 1, 60_000) / 1000,
+            tail_max_lag_s=env.number("TAIL_MAX_LAG_S", 5, 0, 3600),
             forward_batch_size=env.integer("FORWARD_BATCH_SIZE", 2000, 1, 100_000),
             forward_batch_interval_s=env.integer("FORWARD_BATCH_INTERVAL_MS", 500, 1, 60_000) / 1000,
             batch_max_bytes=env.integer("BATCH_MAX_BYTES", 1 << 20, 1024, 64 << 20),

@@ -42,7 +42,7 @@ from logger.batcher import Batcher
 from logger.config import Settings
 from logger.errors import ExportError
 from logger.records import LogRecord, decode
-from logger.replay import UNDECODABLE, Gap
+from logger.replay import OVERLOAD, UNDECODABLE, Gap
 from logger.status import DEGRADED, OK, STARTING, STOPPED, ComponentStatus, iso_time
 from logger.undecodable import UndecodableBatch
 
@@ -58,6 +58,7 @@ LAG_UPDATE_S = 2.0
 YIELD_MOST_S = 0.02  # the longest a reader lets others run between two batches
 TAIL_FETCH_MIN_BYTES = 256 * 1024  # a fetch answers at once when this much is waiting
 REJOIN_WAIT_S = 10.0  # how long a commit waits for a rebalance to finish before giving up
+SHEDDING_SHOWN_S = 10.0  # /health shows the tail as shedding for this long after it last skipped ahead
 
 
 def connection_config(settings: Settings, role: str) -> dict[str, Any]:
@@ -269,6 +270,7 @@ class _Reader:
             except UndecodableBatch as bad:
                 self._skip_undecodable(consumer, bad)
                 polled = {}
+            polled = self._arrived(consumer, polled)
             if polled:
                 # What this poll returned arrived after the last one ended: for the live
                 # tail, a batch is due a window after that (not after now), so records
@@ -307,6 +309,11 @@ class _Reader:
     def _skipped(self, consumer: KafkaConsumer, tp: TopicPartition, gap: Gap) -> None:
         """What the path does about a batch it could not read; then it reads on after it."""
         raise NotImplementedError
+
+    def _arrived(self, consumer: KafkaConsumer, polled: dict[TopicPartition, list[Any]]
+                 ) -> dict[TopicPartition, list[Any]]:
+        """What to keep of a poll's records (all of them, but for a tail that fell behind)."""
+        return polled
 
     def _decode(self, polled: dict[TopicPartition, list[Any]]) -> Iterable[LogRecord]:
         default_service = self.settings.default_service_name
@@ -357,6 +364,7 @@ class TailReader(_Reader):
         self.partition_refresh_s = settings.partition_refresh_s
         self._next_refresh = 0.0
         self._next_offsets: dict[TopicPartition, int] = {}
+        self._last_shed = 0.0
 
     def _open(self) -> KafkaConsumer:
         consumer = KafkaConsumer(group_id=None, **tail_fetch_config(self.settings),
@@ -391,6 +399,8 @@ class TailReader(_Reader):
         return [TopicPartition(topic, p) for p in sorted(ids)]
 
     def _tick(self, consumer: KafkaConsumer) -> None:
+        if "shedding" in self.status.details and time.monotonic() - self._last_shed > SHEDDING_SHOWN_S:
+            del self.status.details["shedding"]
         if time.monotonic() < self._next_refresh:
             return
         self._next_refresh = time.monotonic() + self.partition_refresh_s
@@ -421,6 +431,53 @@ class TailReader(_Reader):
         self._next_offsets[tp] = gap.last + 1
         if self.announce_gap is not None:
             self.announce_gap(gap)
+
+    def _arrived(self, consumer: KafkaConsumer, polled: dict[TopicPartition, list[Any]]
+                 ) -> dict[TopicPartition, list[Any]]:
+        """Bounded staleness: a tail more than ``TAIL_MAX_LAG_S`` behind jumps to the end.
+
+        Behind is measured by the Kafka timestamps of what this poll returned (the
+        producer's send time, or the broker's append time): that is how old what
+        clients would see is. Offsets alone cannot say it without a rate to divide
+        by. A producer writing records with old timestamps is not a reason to shed:
+        only a tail that also has a backlog waiting (more than a batch) jumps.
+        """
+        max_lag = self.settings.tail_max_lag_s
+        if not polled or not max_lag:
+            return polled
+        behind = time.time() - min(messages[0].timestamp for messages in polled.values()) / 1000
+        if behind <= max_lag:
+            return polled
+        waiting = sum(max((consumer.highwater(tp) or 0) - consumer.position(tp), 0) for tp in polled)
+        if waiting < self.batcher.max_records:
+            return polled
+        self._shed(consumer, polled, behind)
+        return {}
+
+    def _shed(self, consumer: KafkaConsumer, polled: dict[TopicPartition, list[Any]], behind: float) -> None:
+        """Drop what is stale (the batch being gathered and this poll), skip every partition
+        to its end, and tell clients which ranges they will not get."""
+        first_stale: dict[TopicPartition, int] = {}
+        for record in self.batcher.take():
+            first_stale.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+        for tp, messages in polled.items():
+            first_stale.setdefault(tp, messages[0].offset)
+        unread = {tp: first_stale.get(tp, consumer.position(tp)) for tp in consumer.assignment()}
+        consumer.seek_to_end(*unread)
+        error = f"the tail was {behind:.1f}s behind (TAIL_MAX_LAG_S={self.settings.tail_max_lag_s:g})"
+        skipped = 0
+        for tp, first in sorted(unread.items()):
+            end = consumer.position(tp)
+            self._next_offsets[tp] = end
+            if end > first:
+                skipped += end - first
+                if self.announce_gap is not None:
+                    self.announce_gap(Gap(tp.topic, tp.partition, first, end - 1, OVERLOAD, error))
+        metrics.RECORDS_SHED.inc(skipped)
+        self.status.count("records_shed", skipped)
+        self._last_shed = time.monotonic()
+        self.status.details["shedding"] = {"last": iso_time(time.time()), "behind_s": round(behind, 1)}
+        log.warning("%s: skipped %d records to the end of every partition", error, skipped)
 
 
 class ForwardReader(_Reader):

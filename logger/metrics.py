@@ -27,6 +27,8 @@ UNDECODABLE_BATCHES = Counter("logger_undecodable_batches_total",
                               "Record batches skipped because they could not be decoded", ["path"])
 UNDECODABLE_OFFSETS = Counter("logger_undecodable_offsets_total",
                               "Offsets in record batches skipped because they could not be decoded", ["path"])
+RECORDS_SHED = Counter("logger_tail_shed_records_total",
+                       "Records the live tail skipped to stay within TAIL_MAX_LAG_S of the present")
 RECORDS_DELIVERED = Counter("logger_records_delivered_total", "Records sent to WebSocket clients (per client)")
 BATCHES_SENT = Counter("logger_batches_sent_total", "Batch messages sent to WebSocket clients (per client)")
 BYTES_SENT = Counter("logger_ws_sent_bytes_total", "Bytes of batch messages sent to WebSocket clients")

@@ -18,7 +18,9 @@ Partition = tuple[str, int]
 RECORD_OVERHEAD = 200  # bytes a held record costs beyond its value, roughly
 
 
-NOT_IN_REPLAY, UNDECODABLE = "not_in_replay", "undecodable"  # gap reasons (the protocol)
+# Why a client misses a range (the protocol's gap reasons): not in the replay ring, a record
+# batch that could not be decoded, or records the live tail skipped to stay within TAIL_MAX_LAG_S.
+NOT_IN_REPLAY, UNDECODABLE, OVERLOAD = "not_in_replay", "undecodable", "overload"
 SKIPS_KEPT = 64  # skipped ranges remembered for clients resuming from before them
 
 
@@ -28,8 +30,8 @@ class Gap:
     partition: int
     first: int  # first offset the client missed that is no longer here
     last: int
-    reason: str = NOT_IN_REPLAY  # not (or no longer) in the ring, or never readable
-    error: str = ""  # what made it undecodable
+    reason: str = NOT_IN_REPLAY
+    error: str = ""  # what made it undecodable, or how far behind the tail was
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"topic": self.topic, "partition": self.partition, "from": self.first,
@@ -47,7 +49,7 @@ class ReplayRing:
         self._bytes = 0
         self._last: dict[Partition, int] = {}  # last offset published, per partition
         self._floor: dict[Partition, int] = {}  # lowest offset still held (or next to come)
-        self._skips: deque[Gap] = deque(maxlen=SKIPS_KEPT)  # ranges the tail could not read
+        self._skips: deque[Gap] = deque(maxlen=SKIPS_KEPT)  # ranges the tail skipped
 
     def __len__(self) -> int:
         return len(self._records)
@@ -76,8 +78,8 @@ class ReplayRing:
             self._floor[key] = next_offset
 
     def skip(self, gap: Gap) -> None:
-        """The tail skipped ``gap`` (it could not be read): the stream moves past it, and a
-        client resuming from before it is told, with the reason."""
+        """The tail skipped ``gap`` (undecodable, or shed under overload): the stream moves
+        past it, and a client resuming from before it is told, with the reason."""
         key = (gap.topic, gap.partition)
         if self._last.get(key, -1) < gap.last:
             self._last[key] = gap.last
@@ -115,7 +117,7 @@ class ReplayRing:
             seen_offset = seen.get((skip.topic, skip.partition))
             if seen_offset is not None and skip.last > seen_offset:
                 first = max(skip.first, seen_offset + 1)
-                gaps.append(Gap(skip.topic, skip.partition, first, skip.last, UNDECODABLE, skip.error))
+                gaps.append(Gap(skip.topic, skip.partition, first, skip.last, skip.reason, skip.error))
         missed = [r for r in self._records
                   if (r.topic, r.partition) in seen and r.offset > seen[(r.topic, r.partition)]
                   and wanted.matches(r)]

@@ -148,7 +148,8 @@ class LogService:
         """The body of ``GET /health``."""
         parts = (self.tail, self.forward, self.collector)
         connection = connection_health()
-        healthy = all(part.state in (OK, DISABLED, IDLE) for part in parts) and "outage" not in connection
+        healthy = (all(part.state in (OK, DISABLED, IDLE) for part in parts) and "outage" not in connection
+                   and "shedding" not in self.tail.details)
         by_worker = metrics.clients_per_worker()
         by_worker[os.getpid()] = len(self.hub)  # our own count is exact and current
         return {

@@ -100,6 +100,7 @@ class LiveClient:
         self.ws = websocket.create_connection(url, timeout=timeout, **options)
         self.ws.settimeout(None)  # an idle stream is not an error; close() ends the reader
         self.messages: list[dict[str, Any]] = []
+        self.received_at: list[float] = []  # time.time() of each message's arrival
         self.close_code: int | None = None
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -112,6 +113,7 @@ class LiveClient:
                     self.close_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
                     return
                 if opcode == websocket.ABNF.OPCODE_TEXT:
+                    self.received_at.append(time.time())
                     self.messages.append(json.loads(data))
         except (websocket.WebSocketException, OSError):
             if self.close_code is None:
