@@ -100,6 +100,7 @@ class Hub:
         self.ring = ReplayRing(settings.replay_records, settings.replay_bytes)
         self.counters: Counter[str] = Counter()
         self.accepting = True
+        self.listening_since: float | None = None  # time.time() since when there has been a client
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -156,6 +157,8 @@ class Hub:
             client.send(_logs_frame([r.to_client() for r in replay], replay=True), droppable=False)
         if client.closed:  # it hung up during the greeting
             return
+        if not self._clients:
+            self.listening_since = time.time()
         self._clients.add(client)
         self._join(client, subscription.filter)
         self.counters["connections"] += 1
@@ -176,6 +179,8 @@ class Hub:
 
     def _detach(self, client: WebSocketClient) -> None:
         self._clients.discard(client)
+        if not self._clients:
+            self.listening_since = None
         self._leave(client)
         metrics.CLIENTS.set(len(self._clients))
 

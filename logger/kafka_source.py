@@ -58,6 +58,7 @@ LAG_UPDATE_S = 2.0
 YIELD_MOST_S = 0.02  # the longest a reader lets others run between two batches
 TAIL_FETCH_MIN_BYTES = 256 * 1024  # a fetch answers at once when this much is waiting
 REJOIN_WAIT_S = 10.0  # how long a commit waits for a rebalance to finish before giving up
+IDLE_RESUME_SLACK_S = 1.0  # an idle tail resumes this long before the first client connected (clock skew)
 SHEDDING_SHOWN_S = 10.0  # /health shows the tail as shedding for this long after it last skipped ahead
 
 
@@ -355,12 +356,17 @@ class TailReader(_Reader):
     def __init__(self, settings: Settings, status: ComponentStatus,
                  publish: Callable[[list[LogRecord]], Any],
                  positioned: Callable[[str, int, int], None] | None = None,
-                 announce_gap: Callable[[Gap], None] | None = None) -> None:
+                 announce_gap: Callable[[Gap], None] | None = None,
+                 listening_since: Callable[[], float | None] | None = None) -> None:
         super().__init__(settings, status, Batcher(settings.tail_batch_size, settings.tail_batch_interval_s,
                                                    settings.batch_max_bytes))
         self.publish = publish
         self.positioned = positioned  # told where each partition starts, for resume gaps
         self.announce_gap = announce_gap  # told about batches skipped as undecodable
+        # With replay off, nobody needs records while no client is connected: the reader
+        # then pauses every partition (no fetch, no decode) until one connects.
+        self.listening_since = listening_since if settings.replay_records == 0 else None
+        self._idle = False
         self.partition_refresh_s = settings.partition_refresh_s
         self._next_refresh = 0.0
         self._next_offsets: dict[TopicPartition, int] = {}
@@ -369,6 +375,8 @@ class TailReader(_Reader):
     def _open(self) -> KafkaConsumer:
         consumer = KafkaConsumer(group_id=None, **tail_fetch_config(self.settings),
                                  **consumer_config(self.settings, self.role))
+        self._idle = False  # a new consumer fetches; the next tick pauses it if nobody listens
+        self.status.details.pop("idle", None)
         partitions = self._partitions(consumer, fresh=False)
         consumer.assign(partitions)
         # The first time, start at the end. After a reconnect (a broker restart,
@@ -401,6 +409,8 @@ class TailReader(_Reader):
     def _tick(self, consumer: KafkaConsumer) -> None:
         if "shedding" in self.status.details and time.monotonic() - self._last_shed > SHEDDING_SHOWN_S:
             del self.status.details["shedding"]
+        if self.listening_since is not None:
+            self._pause_without_listeners(consumer)
         if time.monotonic() < self._next_refresh:
             return
         self._next_refresh = time.monotonic() + self.partition_refresh_s
@@ -417,8 +427,32 @@ class TailReader(_Reader):
             # A new partition is read from its beginning: everything in it is newer than our start.
             consumer.assign(sorted(current | set(added)))
             consumer.seek_to_beginning(*added)
+            if self._idle:  # assign() forgets which partitions were paused
+                consumer.pause(*consumer.assignment())
             self.status.counters["partitions"] = len(current) + len(added)
             log.info("tail reader picked up new partitions %s", [tp.partition for tp in added])
+
+    def _pause_without_listeners(self, consumer: KafkaConsumer) -> None:
+        """No client and no replay: stop fetching. When a client connects, read on from
+        a little before it did (by timestamp), so nothing produced after it is missed."""
+        assert self.listening_since is not None
+        since = self.listening_since()
+        if since is None and not self._idle:
+            consumer.pause(*consumer.assignment())
+            self._idle = True
+            self.status.details["idle"] = "no clients and REPLAY_RECORDS=0: not reading"
+        elif since is not None and self._idle:
+            partitions = consumer.assignment()
+            starts = consumer.offsets_for_times({tp: int((since - IDLE_RESUME_SLACK_S) * 1000) for tp in partitions})
+            at_end = [tp for tp in partitions if starts.get(tp) is None]
+            for tp, start in starts.items():
+                if start is not None:
+                    consumer.seek(tp, start.offset)
+            if at_end:
+                consumer.seek_to_end(*at_end)
+            consumer.resume(*partitions)
+            self._idle = False
+            del self.status.details["idle"]
 
     def _deliver(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> None:
         for record in batch:

@@ -59,7 +59,7 @@ class LogService:
         settings = self.settings
         if settings.tail_enabled:
             reader = TailReader(settings, self.tail, self.hub.publish, self.hub.ring.mark_start,
-                                self.hub.announce_gap)
+                                self.hub.announce_gap, lambda: self.hub.listening_since)
             self._readers.append(gevent.spawn(reader.run, self._stop))
         if settings.forward_enabled:
             self._sink = OtlpSink(settings.otlp_endpoint, self.collector, settings.otlp_grpc_error)

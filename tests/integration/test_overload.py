@@ -59,3 +59,33 @@ def test_a_tail_that_falls_behind_skips_ahead_and_never_shows_stale_records(kafk
     wait_until(lambda: any(m["type"] == "gap" for m in resumed.messages), 10, "the resume's gap")
     resume_gaps = next(m for m in resumed.messages if m["type"] == "gap")["partitions"]
     assert {g["reason"] for g in resume_gaps} >= {"overload"}
+
+
+def test_with_replay_off_and_no_client_the_tail_reads_nothing_until_one_connects(
+        kafka, topic, service, ws_client, run_id):
+    name = topic(2)
+    idle = service(name, REPLAY_RECORDS="0", FORWARD_ENABLED="false")
+    reference = service(name, FORWARD_ENABLED="false")  # replay on: it reads whatever comes
+    wait_until(lambda: "idle" in idle.health()["kafka"]["tail"], 10, "the tail to pause without clients")
+    old_ms = int(time.time() * 1000) - 60_000  # before anyone listened, whatever the clocks say
+    producer = kafka.producer(linger_ms=5)
+    try:
+        for seq in range(100):
+            producer.send(name, json.dumps({"run": run_id, "seq": seq}).encode(), partition=seq % 2,
+                          timestamp_ms=old_ms)
+        producer.flush()
+        wait_until(lambda: reference.health()["kafka"]["tail"].get("records_in") == 100, 20,
+                   "the reference service to read the records")
+        assert idle.health()["kafka"]["tail"].get("records_in", 0) == 0, "read while nobody listened"
+
+        client = ws_client(idle.ws_url)
+        # At once: what is produced right after a client connects must reach it.
+        for seq in range(100, 120):
+            producer.send(name, json.dumps({"run": run_id, "seq": seq}).encode(), partition=seq % 2)
+        producer.flush()
+    finally:
+        producer.close()
+    records = client.wait_records(20, where=lambda r: r["attributes"].get("run") == run_id)
+    assert sorted(r["attributes"]["seq"] for r in records) == list(range(100, 120))
+    tail = idle.health()["kafka"]["tail"]
+    assert "idle" not in tail and tail["records_in"] == 20
