@@ -19,7 +19,8 @@ marker                  shipped line                       in the test copy
                                                            compiled-in ``/var/lib/nginx/...``
                                                            needs root)
 ``listen``              ``listen 80;``                     ``listen 127.0.0.1:<free port>;``
-``upstream``            ``server 127.0.0.1:6006;``         ``server 127.0.0.1:<upstream_port>;``
+``upstream``            ``server 127.0.0.1:6006;``         ``server 127.0.0.1:<port>;`` for each
+                                                           upstream port (several: replicas)
 ``read_timeout``        ``proxy_read_timeout 60s;`` (/ws)  ``proxy_read_timeout <read_timeout>;``
 ======================  =================================  ===================================
 
@@ -51,6 +52,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,13 +174,13 @@ def check_config(config: Path, workdir: Path, binary: str | None = None) -> subp
 class Nginx:
     """The shipped nginx.conf, on a free 127.0.0.1 port, proxying to ``127.0.0.1:upstream_port``."""
 
-    def __init__(self, upstream_port: int, *, read_timeout: str = "60s", port: int | None = None,
+    def __init__(self, upstream_port: int | Sequence[int], *, read_timeout: str = "60s", port: int | None = None,
                  workdir: Path | None = None, config: Path = SHIPPED_CONFIG) -> None:
         binary = nginx_binary()
         if binary is None:
             raise NginxHarnessError("nginx is not installed (Debian: apt-get install nginx)")
         self.binary = binary
-        self.upstream_port = upstream_port
+        self.upstream_ports = [upstream_port] if isinstance(upstream_port, int) else list(upstream_port)
         self.read_timeout = read_timeout
         self.port = port or free_port()
         self._owns_dir = workdir is None
@@ -215,7 +217,7 @@ class Nginx:
             **path_replacements(self.workdir),
             "user": user_replacement(),
             "listen": f"listen 127.0.0.1:{self.port};",
-            "upstream": f"server 127.0.0.1:{self.upstream_port};",
+            "upstream": "\n".join(f"server 127.0.0.1:{port};" for port in self.upstream_ports),
             "read_timeout": f"proxy_read_timeout {self.read_timeout};",
         })
 
