@@ -239,7 +239,7 @@ def test_page_loads_clean_shows_records_and_expands_them(viewer: Callable[..., V
     assert page.locator("main table thead th").all_inner_texts() == ["TIME", "LEVEL", "SERVICE", "MESSAGE"]
 
     paths = sorted({urlsplit(url).path for url in v.requests})
-    assert paths == ["/viewer", "/viewer/favicon.svg", "/viewer/viewer.css", "/viewer/viewer.js"]
+    assert paths == ["/viewer", "/viewer/favicon.svg", "/viewer/viewer.css", "/viewer/viewer.js", "/viewer/volume.js"]
     assert parse_qs(urlsplit(v.websockets[0]).query) == {"tail": ["100"]}
     v.check()
 
