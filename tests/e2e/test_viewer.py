@@ -492,12 +492,23 @@ def test_update_screenshot(viewer: Callable[..., Viewer]) -> None:
     """docs/viewer.png: the viewer at 1280x800 with `make demo`'s kind of traffic flowing."""
     from devstack.demo import MALFORMED, DemoLogs
 
-    v = viewer(3, name=f"logs-demo-{uuid.uuid4().hex[:4]}")
-    v.open()
+    v = viewer(name=f"logs-demo-{uuid.uuid4().hex[:4]}")
     logs = DemoLogs(seed=2026)
     producer = v.kafka.producer(linger_ms=5)
     sent = 0
     try:
+        # Nearly five minutes of history, stamped with their own times and replayed on open
+        # (?tail=): the chart places them where they happened, with an incident in the middle.
+        now = time.time()
+        for second in range(280, 4, -1):
+            logs.incident = "payments provider outage" if 150 <= second < 165 else None
+            per_second = 9 if logs.incident else 2 + (second // 25) % 3
+            for k in range(per_second):
+                key, value = logs.value(now - second + k / per_second)
+                producer.send(v.topic, key=key, value=value)
+                sent += 1
+        producer.flush()
+        v.open("tail=2000")
         for tick in range(40):  # 4 s of traffic in real time, ending in a payments incident
             logs.incident = "payments provider outage" if 31 <= tick < 38 else None
             batch = [logs.value() for _ in range(5 if logs.incident else 3)]
@@ -510,10 +521,10 @@ def test_update_screenshot(viewer: Callable[..., Viewer]) -> None:
             time.sleep(0.1)
     finally:
         producer.close()
-    expect(v.page.locator(ROWS)).to_have_count(sent, timeout=15 * SECOND)
+    v.wait_received(sent)
     v.page.locator(f"{ROWS}.lvl-error").last.click()  # one record opened, to show its fields
     v.page.locator("#scroller").evaluate("s => { s.scrollTop = s.scrollHeight; }")
     v.page.mouse.move(0, 0)
-    time.sleep(0.3)
+    time.sleep(1.0)  # one more chart redraw (every 0.5 s)
     v.page.screenshot(path=str(SCREENSHOT))
     v.check()

@@ -982,7 +982,7 @@
     state.positions = new Map(state.since);
     showLevelControls();
     rememberFilterInPage(desiredFilter());
-    el.opened.textContent = `View opened ${localTime(OPENED)}`;
+    el.opened.textContent = `View opened ${localTime(OPENED).slice(0, -4)}`; // to the second
     el.opened.title = OPENED;
     el.maxRows.textContent = `(max ${fmt(MAX_ROWS)})`;
     el.form.addEventListener("submit", (event) => { event.preventDefault(); applyFilter(); });
