@@ -32,6 +32,7 @@ import pytest
 from devstack.kafka import KafkaBroker
 from devstack.ports import free_port
 from devstack.service import ROOT, ServiceProcess
+from devstack.waiting import wait_until
 from tests.conftest import produce
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
@@ -479,6 +480,8 @@ def test_rows_are_capped_oldest_first(viewer: Callable[..., Viewer]) -> None:
     v.open("max=50")
     v.produce(0, 200)
     v.wait_received(200)
+    # Rows join the table a few times a second, after the counter.
+    expect(v.page.locator(f"{ROWS} td.m").last).to_have_text(f"{v.run} event 199")
     v.wait_rows(50)
     assert v.seqs() == list(range(150, 200))
     expect(v.page.locator("#count-shown")).to_have_text("50")
@@ -720,6 +723,83 @@ def test_dark_scheme_and_every_control_reached_by_the_keyboard(viewer: Callable[
     assert not missing, (missing, reached)
     for level in CHART_LEVELS:
         assert level in reached
+    v.check()
+
+
+SMOOTHNESS_PROBE = """() => {
+    // Frames drawn (requestAnimationFrame) and long tasks (> 50 ms on the main thread).
+    const received = Number(document.getElementById("count-received").textContent.replace(/,/g, ""));
+    const fresh = { frames: 0, gaps: [], longtasks: [], last: performance.now(), received };
+    if (window.smoothnessProbe) {  // a second window: start counting again
+        Object.assign(window.smoothnessProbe, fresh);
+        return;
+    }
+    const probe = fresh;
+    new PerformanceObserver((list) => {
+        for (const entry of list.getEntries()) probe.longtasks.push(entry.duration);
+    }).observe({ type: "longtask" });
+    const tick = (now) => {
+        probe.frames += 1;
+        probe.gaps.push(now - probe.last);
+        probe.last = now;
+        requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+    window.smoothnessProbe = probe;
+}"""
+
+SMOOTHNESS_READ = """() => {
+    const p = window.smoothnessProbe;
+    const gaps = p.gaps.slice(1).sort((a, b) => a - b);
+    const received = Number(document.getElementById("count-received").textContent.replace(/,/g, ""));
+    return { frames: p.frames, p99_frame_ms: gaps[Math.floor(gaps.length * 0.99)] || 0,
+             max_frame_ms: gaps[gaps.length - 1] || 0, slow_frames: gaps.filter((g) => g > 50).length,
+             longtasks: p.longtasks.length, longtask_ms: p.longtasks.reduce((a, b) => a + b, 0),
+             max_longtask_ms: Math.max(0, ...p.longtasks), records: received - p.received,
+             rows: document.querySelectorAll("#rows tr.rec").length };
+}"""
+
+
+@pytest.mark.skipif(os.environ.get("MEASURE_SMOOTHNESS") != "1", reason="set MEASURE_SMOOTHNESS=1 to measure (docs/BENCHMARKS.md)")
+def test_measure_smoothness_at_2000_records_per_second(viewer: Callable[..., Viewer]) -> None:
+    """Frames per second and long tasks while 2,000 records/s stream in (numbers, no assertion on them)."""
+    rate, seconds = int(os.environ.get("SMOOTHNESS_RATE", "2000")), 10.0
+    v = viewer()
+    v.open(os.environ.get("SMOOTHNESS_QUERY", ""))
+    v.page.evaluate(SMOOTHNESS_PROBE)
+    time.sleep(seconds)  # a measuring window, not a wait: the page counts frames meanwhile
+    idle = v.page.evaluate(SMOOTHNESS_READ)
+
+    stop = threading.Event()
+    payload = values(v.run, 0, 200, pad=120)  # ~300-byte records, sent over and over
+
+    def paced() -> None:
+        producer = v.kafka.producer(linger_ms=5)
+        began, sent = time.monotonic(), 0
+        while not stop.is_set():
+            due = int((time.monotonic() - began) * rate)
+            while sent < due:
+                producer.send(v.topic, value=payload[sent % len(payload)], partition=0)
+                sent += 1
+            stop.wait(0.005)
+        producer.close()
+
+    thread = threading.Thread(target=paced, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: v.page.locator(ROWS).count() >= 1000, 30, "the row cap reached")
+        v.page.evaluate(SMOOTHNESS_PROBE)
+        time.sleep(seconds)  # the measuring window: the page counts, we wait
+        busy = v.page.evaluate(SMOOTHNESS_READ)
+    finally:
+        stop.set()
+        thread.join(10)
+    for name, m in (("idle", idle), (f"{rate} records/s", busy)):
+        print(f"{name}: {m['frames'] / seconds:.1f} frames/s, p99 frame {m['p99_frame_ms']:.0f} ms, "
+              f"max frame {m['max_frame_ms']:.0f} ms, frames > 50 ms: {m['slow_frames']}, "
+              f"long tasks: {m['longtasks']} ({m['longtask_ms']:.0f} ms in all, longest {m['max_longtask_ms']:.0f} ms), "
+              f"records received: {m['records'] / seconds:.0f}/s, rows kept: {m['rows']}")
+    assert busy["records"] > 0 and busy["rows"] == 1000
     v.check()
 
 

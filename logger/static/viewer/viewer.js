@@ -25,6 +25,7 @@
   const CHART_WINDOW_MS = 5 * 60 * 1000;
   const CHART_BUCKET_MS = 5000;
   const COPIED_MS = 1500;
+  const ROW_FLUSH_MS = 250; // new rows join the table at most this often (each time lays it out)
   const STACK = window.VolumeChart.STACK; // LEVELS and "unknown"
 
   const params = new URLSearchParams(location.search);
@@ -61,6 +62,7 @@
     since: sinceParam(),    // positions from the page URL (?since=), kept in it
     pending: [],            // records waiting for the next frame to become rows
     renderQueued: false,
+    lastFlushAt: 0,
     lastRecordAt: 0,        // when the last record arrived (Date.now()): where a hole begins
     subscribing: false,
     paused: false,          // what the user asked for
@@ -674,18 +676,21 @@
   }
 
   function queueRows(items) {
-    // At 2,000 records/s batches arrive faster than frames: add rows once per frame. Bounded
+    // At 2,000 records/s batches arrive every few milliseconds, and every change to a table of
+    // 1,000 rows lays all of it out again: add rows a few times a second, in a frame. Bounded
     // like the rows themselves, for a hidden tab where frames stop.
     state.pending.push(...items);
     if (state.pending.length > MAX_ROWS) state.pending.splice(0, state.pending.length - MAX_ROWS);
     if (!state.renderQueued && state.pending.length) {
       state.renderQueued = true;
-      requestAnimationFrame(flushRows);
+      const wait = Math.max(0, state.lastFlushAt + ROW_FLUSH_MS - performance.now());
+      setTimeout(() => requestAnimationFrame(flushRows), wait);
     }
   }
 
   function flushRows() {
     state.renderQueued = false;
+    state.lastFlushAt = performance.now();
     const items = state.pending;
     state.pending = [];
     if (items.length) render(items);
@@ -734,18 +739,27 @@
   function trim() {
     const rows = el.rows;
     let focusLost = false;
-    const removeFirst = () => {
-      const first = rows.firstElementChild;
-      if (first.classList.contains("rec")) state.recordRows -= 1;
-      if (first === state.current) state.current = null;
-      if (first.contains(document.activeElement)) focusLost = true;
-      first.remove();
-    };
-    // Oldest first; markers count towards a looser bound so they cannot pile up either.
-    while (rows.firstElementChild && (state.recordRows > MAX_ROWS || rows.childElementCount > 2 * MAX_ROWS + 50)) {
-      removeFirst();
+    // Oldest first; markers count towards a looser bound so they cannot pile up either. The rows
+    // to go are found first and removed in one operation.
+    let last = null;
+    let records = state.recordRows;
+    let count = rows.childElementCount;
+    for (let row = rows.firstElementChild; row; row = row.nextElementSibling) {
+      const over = records > MAX_ROWS || count > 2 * MAX_ROWS + 50;
+      if (!over && !row.classList.contains("details")) break;
+      if (row.classList.contains("rec")) records -= 1;
+      if (row === state.current) state.current = null;
+      if (row.contains(document.activeElement)) focusLost = true;
+      count -= 1;
+      last = row;
     }
-    while (rows.firstElementChild && rows.firstElementChild.classList.contains("details")) removeFirst();
+    if (last) {
+      const range = document.createRange();
+      range.setStartBefore(rows.firstElementChild);
+      range.setEndAfter(last);
+      range.deleteContents();
+      state.recordRows = records;
+    }
     if (focusLost) {
       // The focused row was the oldest: keep the keyboard where the reader was.
       setCurrent(rows.querySelector("tr.rec"));
