@@ -634,8 +634,17 @@
 
   // -- rows ---------------------------------------------------------------------------------
 
+  // The log table is laid out as grids (viewer.css): explicit roles keep it a table for
+  // assistive technology whatever its CSS display.
+  function tableRow() {
+    const tr = document.createElement("tr");
+    tr.setAttribute("role", "row");
+    return tr;
+  }
+
   function cell(className, text) {
     const td = document.createElement("td");
+    td.setAttribute("role", "cell");
     td.className = className;
     if (text !== undefined) td.textContent = text;
     return td;
@@ -643,7 +652,7 @@
 
   function makeRow(record, replay) {
     const level = LEVELS.includes(record.level) ? record.level : "unknown";
-    const tr = document.createElement("tr");
+    const tr = tableRow();
     tr.className = `rec lvl-${level}${replay ? " replay" : ""}${record.malformed ? " malformed" : ""}`;
     tr.tabIndex = -1;
     tr.setAttribute("aria-expanded", "false");
@@ -698,7 +707,7 @@
 
   function marker(kind, text) {
     flushRows(); // after the records that came before it
-    const tr = document.createElement("tr");
+    const tr = tableRow();
     tr.className = `marker marker-${kind}`;
     const td = cell("", text);
     td.colSpan = 4;
@@ -832,7 +841,7 @@
   }
 
   function makeDetails(record) {
-    const tr = document.createElement("tr");
+    const tr = tableRow();
     tr.className = `details lvl-${record.level}`;
     const td = cell("");
     td.colSpan = 4;
