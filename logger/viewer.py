@@ -3,7 +3,8 @@
 A static page (HTML, CSS and JavaScript from ``logger/static/viewer``, no
 build step, nothing from a CDN) that opens ``/ws`` on the host that served it
 and shows records as they arrive, with the server-side filters, pause/resume,
-resume-after-reconnect (``?since=``) and a cap on the rows it keeps.
+resume-after-reconnect (``?since=``) and a cap on the rows it keeps; above
+them, a volume chart by level with rates (``volume.js``, plain SVG).
 
 Asset URLs in the page are relative (``viewer/viewer.js``), and so is the
 WebSocket URL (``ws``), so the viewer also works behind a proxy that mounts
