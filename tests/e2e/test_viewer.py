@@ -539,6 +539,13 @@ def test_volume_chart_counts_what_arrives_by_level_and_shows_rates(viewer: Calla
         .map(tr => [...tr.querySelectorAll('td')].map(td => Number(td.textContent)))""")
     assert dict(zip(CHART_LEVELS, map(sum, zip(*columns)), strict=True)) == {"trace": 5, "debug": 5, **expected}
 
+    # Redrawing the chart never moves the table.
+    top = v.page.locator("#scroller").bounding_box()["y"]
+    v.produce(40, 2000, levels=("info", "warn"))
+    v.wait_received(2041)
+    expect(legend(v, "info").locator(".legend-count")).to_have_text("1,015", timeout=5 * SECOND)
+    assert v.page.locator("#scroller").bounding_box()["y"] == top
+
     # Rates: records/s received, and the busiest services by name.
     rates = v.page.locator("#rates")
     expect(rates).to_contain_text("records/s")
@@ -838,7 +845,12 @@ def test_update_screenshot(viewer: Callable[..., Viewer]) -> None:
     finally:
         producer.close()
     v.wait_received(sent)
-    v.page.locator(f"{ROWS}.lvl-error").last.click()  # one record opened, to show its fields
+    # Rows follow the counter within a quarter second: wait for the last ones (the malformed
+    # record, then the three sent after it).
+    expect(v.page.locator(f"{ROWS}").nth(-4).locator(".tag")).to_have_count(1)
+    opened = v.page.locator(f"{ROWS}.lvl-error").last
+    opened.click()  # one record opened, to show its fields
+    expect(opened).to_have_attribute("aria-expanded", "true")
     v.page.locator("#scroller").evaluate("s => { s.scrollTop = s.scrollHeight; }")
     v.page.mouse.move(0, 0)
     time.sleep(1.0)  # one more chart redraw (every 0.5 s)

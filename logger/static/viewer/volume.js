@@ -279,7 +279,8 @@
     updateRates(now) {
       const { total, top } = this.rates.read(now);
       const perService = top.map(([name, rate]) => `${name} ${rate.toFixed(rate < 10 ? 1 : 0)}`).join(" · ");
-      this.el.rates.textContent = `${total.toFixed(total < 10 ? 1 : 0)} records/s` + (perService ? ` — ${perService}` : "");
+      const text = `${total.toFixed(total < 10 ? 1 : 0)} records/s` + (perService ? ` — ${perService}` : "");
+      if (this.el.rates.textContent !== text) this.el.rates.textContent = this.el.rates.title = text;
       this.el.rates.dataset.rate = total.toFixed(2);
     }
 
