@@ -539,7 +539,7 @@ def test_volume_chart_counts_what_arrives_by_level_and_shows_rates(viewer: Calla
         .map(tr => [...tr.querySelectorAll('td')].map(td => Number(td.textContent)))""")
     assert dict(zip(CHART_LEVELS, map(sum, zip(*columns)), strict=True)) == {"trace": 5, "debug": 5, **expected}
 
-    # Redrawing the chart never moves the table.
+    # Redrawing the chart never moves the table (with its table view open, new buckets and all).
     top = v.page.locator("#scroller").bounding_box()["y"]
     v.produce(40, 2000, levels=("info", "warn"))
     v.wait_received(2041)
