@@ -667,7 +667,8 @@ def test_the_url_reopens_the_same_view(viewer: Callable[..., Viewer], browser: A
         expect(other.page.locator("#service")).to_have_value("svc-1")
         expect(other.page.locator("#q")).to_have_value("event")
         for level in CHART_LEVELS:
-            expect(legend(other, level)).to_have_attribute("aria-pressed", str(level not in ("unknown", "trace", "info")).lower())
+            pressed = "false" if level in ("unknown", "trace", "info") else "true"
+            expect(legend(other, level)).to_have_attribute("aria-pressed", pressed)
         expect(other.page.locator("#opened")).to_have_text(v.page.locator("#opened").inner_text())
         other.wait_received(4)
         other.wait_rows(3)
@@ -767,7 +768,8 @@ SMOOTHNESS_READ = """() => {
 }"""
 
 
-@pytest.mark.skipif(os.environ.get("MEASURE_SMOOTHNESS") != "1", reason="set MEASURE_SMOOTHNESS=1 to measure (docs/BENCHMARKS.md)")
+@pytest.mark.skipif(os.environ.get("MEASURE_SMOOTHNESS") != "1",
+                    reason="set MEASURE_SMOOTHNESS=1 to measure (docs/BENCHMARKS.md)")
 def test_measure_smoothness_at_2000_records_per_second(viewer: Callable[..., Viewer]) -> None:
     """Frames per second and long tasks while 2,000 records/s stream in (numbers, no assertion on them)."""
     rate, seconds = int(os.environ.get("SMOOTHNESS_RATE", "2000")), 10.0

@@ -38,7 +38,8 @@
     status: $("status"), statusText: $("status-text"), serverInfo: $("server-info"),
     form: $("filters"), level: $("level"), service: $("service"), q: $("q"), regex: $("regex"),
     resetFilter: $("reset-filter"), pause: $("pause"), clear: $("clear"), follow: $("follow"),
-    reconnect: $("reconnect"), copyLink: $("copy-link"), opened: $("opened"), received: $("count-received"), shown: $("count-shown"),
+    reconnect: $("reconnect"), copyLink: $("copy-link"), opened: $("opened"),
+    received: $("count-received"), shown: $("count-shown"),
     maxRows: $("max-rows"), dropped: $("count-dropped"), activeFilter: $("active-filter"),
     notices: $("notices"), scroller: $("scroller"), rows: $("rows"), empty: $("empty"),
   };

@@ -233,7 +233,9 @@
         const to = Math.max(from + 2, g.x(m.to));
         const group = svgEl("g", { class: `mark mark-${m.kind}`, "data-kind": m.kind });
         group.append(
-          svgEl("rect", { class: "mark-band", x: from.toFixed(1), y: PAD.top, width: (to - from).toFixed(1), height: g.plotHeight }),
+          svgEl("rect", {
+            class: "mark-band", x: from.toFixed(1), y: PAD.top, width: (to - from).toFixed(1), height: g.plotHeight,
+          }),
           // Named in text, not only by colour.
           svgEl("text", { class: "mark-label", x: to.toFixed(1), y: PAD.top - 4, "text-anchor": "end" }, m.kind),
           svgEl("title", {}, `${clock(m.from)}–${clock(m.to)}: ${m.text}`),
