@@ -2,8 +2,16 @@
 // No build step and no dependencies: plain DOM, one WebSocket to the host that served the page.
 //
 // Page parameters (all optional): max (rows kept, default 1000), tail (records replayed on the
-// first connection, default 100), level, service, q, regex (the filter to start with) and
-// attr.<path>=<value> (attribute conditions, kept until "Reset filter").
+// first connection, default 100), level, service, q, regex (the filter to start with),
+// attr.<path>=<value> (attribute conditions, kept until "Reset filter"), levels (the exact set of
+// levels shown, when the chart's legend made one that "level" cannot say), since (start from
+// these Kafka positions instead of tail) and opened (when the view was first opened). The page
+// keeps its URL up to date, so copying it shares the same view.
+//
+// Levels: the protocol filters by a minimum level only. The page keeps the set of levels shown;
+// the server's filter is the lowest level shown (none while "unknown" is shown, since a minimum
+// leaves unknown levels out), and the levels hidden above it are hidden here: their new records
+// are counted in the chart but not added to the table, and rows already there are hidden by CSS.
 (() => {
   "use strict";
 
@@ -14,17 +22,24 @@
   const DUPLICATE_WINDOW = 1000; // an offset this far behind the last one seen is a reset topic, not a repeat
   const MAX_NOTICES = 5;
   const FILTER_DEBOUNCE_MS = 500;
+  const CHART_WINDOW_MS = 5 * 60 * 1000;
+  const CHART_BUCKET_MS = 5000;
+  const COPIED_MS = 1500;
+  const ROW_FLUSH_MS = 250; // new rows join the table at most this often (each time lays it out)
+  const STACK = window.VolumeChart.STACK; // LEVELS and "unknown"
 
   const params = new URLSearchParams(location.search);
   const MAX_ROWS = intParam("max", 1000, 10, 100000);
   const TAIL = intParam("tail", 100, 0, 100000);
+  const OPENED = openedParam();
 
   const $ = (id) => document.getElementById(id);
   const el = {
     status: $("status"), statusText: $("status-text"), serverInfo: $("server-info"),
     form: $("filters"), level: $("level"), service: $("service"), q: $("q"), regex: $("regex"),
     resetFilter: $("reset-filter"), pause: $("pause"), clear: $("clear"), follow: $("follow"),
-    reconnect: $("reconnect"), received: $("count-received"), shown: $("count-shown"),
+    reconnect: $("reconnect"), copyLink: $("copy-link"), opened: $("opened"),
+    received: $("count-received"), shown: $("count-shown"),
     maxRows: $("max-rows"), dropped: $("count-dropped"), activeFilter: $("active-filter"),
     notices: $("notices"), scroller: $("scroller"), rows: $("rows"), empty: $("empty"),
   };
@@ -44,6 +59,12 @@
     seen: new Map(),        // "topic:partition" -> offset of the last record shown (duplicates)
     active: {},             // the filter the server confirmed (hello, subscribed)
     attributes: attributeParams(), // attr.* conditions from the page URL
+    shown: new Set(STACK),  // levels shown (see the top of this file)
+    since: sinceParam(),    // positions from the page URL (?since=), kept in it
+    pending: [],            // records waiting for the next frame to become rows
+    renderQueued: false,
+    lastFlushAt: 0,
+    lastRecordAt: 0,        // when the last record arrived (Date.now()): where a hole begins
     subscribing: false,
     paused: false,          // what the user asked for
     serverPaused: false,    // what the server confirmed
@@ -61,6 +82,7 @@
   const recordOf = new WeakMap();
   let detailsId = 0;
   let filterTimer = 0;
+  let chart = null;
 
   // -- formatting ---------------------------------------------------------------------------
 
@@ -72,6 +94,22 @@
     const raw = params.get(name);
     if (raw === null || !/^\d+$/.test(raw)) return fallback;
     return Math.min(high, Math.max(low, Number(raw)));
+  }
+
+  function openedParam() {
+    const raw = params.get("opened");
+    if (raw && /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/.test(raw) && parseTime(raw)) return raw;
+    return new Date().toISOString().slice(0, 19) + "Z";
+  }
+
+  function sinceParam() {
+    // "topic:partition:offset[,…]", as the server takes it; anything else is ignored.
+    const positions = new Map();
+    for (const item of (params.get("since") || "").split(",")) {
+      const match = /^(.+):(\d+):(-1|\d+)$/.exec(item.trim());
+      if (match) positions.set(`${match[1]}:${match[2]}`, Number(match[3]));
+    }
+    return positions;
   }
 
   function attributeParams() {
@@ -129,7 +167,8 @@
 
   function desiredFilter() {
     const f = {};
-    if (LEVELS.includes(el.level.value)) f.level = el.level.value;
+    const level = serverLevel(state.shown);
+    if (level) f.level = level;
     const services = el.service.value.split(",").map((s) => s.trim()).filter(Boolean);
     if (services.length) f.service = services;
     const text = el.q.value;
@@ -158,9 +197,60 @@
     for (const [k, v] of Object.entries(f.attributes || {})) query.set(`attr.${k}`, String(v));
   }
 
+  // -- levels shown ---------------------------------------------------------------------------
+
+  function shownFromMinimum(level) {
+    return new Set(LEVELS.includes(level) ? LEVELS.slice(LEVELS.indexOf(level)) : STACK);
+  }
+
+  function serverLevel(shown) {
+    if (shown.has("unknown")) return ""; // any minimum would leave unknown levels out
+    return LEVELS.find((level) => shown.has(level)) || "";
+  }
+
+  function minimumOf(shown) {
+    // The minimum level that shows exactly these levels ("" for all), or null if none does.
+    const level = serverLevel(shown);
+    const same = shownFromMinimum(level);
+    return same.size === shown.size && [...same].every((l) => shown.has(l)) ? level : null;
+  }
+
+  function hiddenHere() {
+    // Levels hidden by this page although the server's filter lets them through.
+    const level = state.active.level;
+    return STACK.filter((l) => !state.shown.has(l)
+      && !(level && (l === "unknown" || LEVELS.indexOf(l) < LEVELS.indexOf(level))));
+  }
+
+  function isShown(level) {
+    return state.shown.has(STACK.includes(level) ? level : "unknown");
+  }
+
+  function toggleLevel(level) {
+    // From the chart (a bar or the legend). Hiding the last level shown shows them all again.
+    const shown = new Set(state.shown);
+    if (shown.has(level)) shown.delete(level);
+    else shown.add(level);
+    setShown(shown.size ? shown : new Set(STACK));
+  }
+
+  function setShown(shown) {
+    state.shown = shown;
+    showLevelControls();
+    applyFilter();
+  }
+
+  function showLevelControls() {
+    const minimum = minimumOf(state.shown);
+    el.level.value = minimum === null ? "custom" : minimum;
+    for (const level of STACK) el.rows.classList.toggle(`hide-${level}`, !state.shown.has(level));
+    if (chart) chart.draw();
+  }
+
   function loadFilterFromPage() {
     const level = (params.get("level") || "").toLowerCase();
-    if (LEVELS.includes(level)) el.level.value = level;
+    const levels = (params.get("levels") || "").toLowerCase().split(",").filter((l) => STACK.includes(l));
+    state.shown = levels.length ? new Set(levels) : shownFromMinimum(level);
     el.service.value = params.getAll("service").join(", ");
     if (params.get("regex")) {
       el.q.value = params.get("regex");
@@ -170,15 +260,33 @@
     }
   }
 
-  function rememberFilterInPage(f) {
-    // Reloading or bookmarking the page keeps the filter (no request is made).
+  function viewQuery(f) {
+    // The page parameters that reopen this view (filter, levels shown, row cap).
     const query = new URLSearchParams();
-    for (const [k, v] of params) {
-      if (["max", "tail"].includes(k)) query.set(k, v);
-    }
+    if (params.has("max")) query.set("max", String(MAX_ROWS));
     appendFilter(query, f);
-    const search = query.toString();
-    history.replaceState(null, "", location.pathname + (search ? `?${search}` : "") + location.hash);
+    if (minimumOf(state.shown) === null) query.set("levels", STACK.filter((l) => state.shown.has(l)).join(","));
+    return query;
+  }
+
+  function positionsText(positions) {
+    return [...positions].map(([key, offset]) => `${key}:${offset}`).join(",");
+  }
+
+  function rememberFilterInPage(f) {
+    // Reloading, bookmarking or copying the page's URL keeps the view (no request is made).
+    const query = viewQuery(f);
+    if (state.since.size) query.set("since", positionsText(state.since));
+    else query.set("tail", String(TAIL));
+    query.set("opened", OPENED);
+    history.replaceState(null, "", `${location.pathname}?${query}${location.hash}`);
+  }
+
+  function resumeLink(record) {
+    // This view, starting at the record: since= names the record before it on its partition.
+    const query = viewQuery(desiredFilter());
+    query.set("since", `${record.topic}:${record.partition}:${record.offset - 1}`);
+    return `${location.pathname}?${query}`;
   }
 
   function applyFilter() {
@@ -188,6 +296,7 @@
     if (sameFilter(wanted, state.active)) {
       state.subscribing = false;
       markFilterInvalid(false);
+      showActiveFilter(); // the levels hidden here may have changed
       return;
     }
     if (state.gotHello) sendSubscribe(wanted);
@@ -208,7 +317,9 @@
   }
 
   function showActiveFilter() {
-    el.activeFilter.textContent = `Filter: ${describeFilter(state.active)}`;
+    const hidden = hiddenHere();
+    el.activeFilter.textContent = `Filter: ${describeFilter(state.active)}`
+      + (hidden.length ? ` · hidden here: ${hidden.join(", ")}` : "");
   }
 
   // -- connection ---------------------------------------------------------------------------
@@ -221,7 +332,7 @@
     if (!state.plainQuery) appendFilter(query, state.connections ? state.active : desiredFilter());
     const filtered = [...query.keys()].length > 0;
     if (state.positions.size) {
-      query.set("since", [...state.positions].map(([key, offset]) => `${key}:${offset}`).join(","));
+      query.set("since", positionsText(state.positions));
     } else if (!state.connections && TAIL && !state.noTail && !state.plainQuery) {
       query.set("tail", String(TAIL));
     }
@@ -404,11 +515,16 @@
     }
     if (!fresh.length) return;
     state.received += fresh.length;
+    state.lastRecordAt = Date.now();
+    const replay = Boolean(message.replay);
+    for (const record of fresh) chart.add(record, !replay);
+    chart.scheduleDraw();
+    const rows = fresh.filter((record) => isShown(record.level)).map((record) => [record, replay]);
     if (state.paused) {
-      state.held.push(...fresh.map((record) => [record, Boolean(message.replay)]));
+      state.held.push(...rows);
       if (state.held.length > MAX_ROWS) state.held.splice(0, state.held.length - MAX_ROWS);
     } else {
-      render(fresh.map((record) => [record, Boolean(message.replay)]));
+      queueRows(rows);
     }
     updateCounters();
   }
@@ -424,6 +540,7 @@
       + `are no longer held by the server and are not shown (${where.join("; ")}).`;
     notice("gap", `Gap: ${text}`);
     marker("gap", `Gap: ${text}`);
+    chart.mark("gap", state.lastRecordAt, Date.now(), text);
   }
 
   function onDropped(message) {
@@ -434,6 +551,7 @@
       + "fell behind or stayed paused too long.";
     notice("dropped", text);
     marker("dropped", text);
+    chart.mark("dropped", state.lastRecordAt, Date.now(), text);
   }
 
   function onSubscribed(message) {
@@ -517,8 +635,17 @@
 
   // -- rows ---------------------------------------------------------------------------------
 
+  // The log table is laid out as grids (viewer.css): explicit roles keep it a table for
+  // assistive technology whatever its CSS display.
+  function tableRow() {
+    const tr = document.createElement("tr");
+    tr.setAttribute("role", "row");
+    return tr;
+  }
+
   function cell(className, text) {
     const td = document.createElement("td");
+    td.setAttribute("role", "cell");
     td.className = className;
     if (text !== undefined) td.textContent = text;
     return td;
@@ -526,7 +653,7 @@
 
   function makeRow(record, replay) {
     const level = LEVELS.includes(record.level) ? record.level : "unknown";
-    const tr = document.createElement("tr");
+    const tr = tableRow();
     tr.className = `rec lvl-${level}${replay ? " replay" : ""}${record.malformed ? " malformed" : ""}`;
     tr.tabIndex = -1;
     tr.setAttribute("aria-expanded", "false");
@@ -558,8 +685,30 @@
     return tr;
   }
 
+  function queueRows(items) {
+    // At 2,000 records/s batches arrive every few milliseconds, and every change to a table of
+    // 1,000 rows lays all of it out again: add rows a few times a second, in a frame. Bounded
+    // like the rows themselves, for a hidden tab where frames stop.
+    state.pending.push(...items);
+    if (state.pending.length > MAX_ROWS) state.pending.splice(0, state.pending.length - MAX_ROWS);
+    if (!state.renderQueued && state.pending.length) {
+      state.renderQueued = true;
+      const wait = Math.max(0, state.lastFlushAt + ROW_FLUSH_MS - performance.now());
+      setTimeout(() => requestAnimationFrame(flushRows), wait);
+    }
+  }
+
+  function flushRows() {
+    state.renderQueued = false;
+    state.lastFlushAt = performance.now();
+    const items = state.pending;
+    state.pending = [];
+    if (items.length) render(items);
+  }
+
   function marker(kind, text) {
-    const tr = document.createElement("tr");
+    flushRows(); // after the records that came before it
+    const tr = tableRow();
     tr.className = `marker marker-${kind}`;
     const td = cell("", text);
     td.colSpan = 4;
@@ -600,18 +749,27 @@
   function trim() {
     const rows = el.rows;
     let focusLost = false;
-    const removeFirst = () => {
-      const first = rows.firstElementChild;
-      if (first.classList.contains("rec")) state.recordRows -= 1;
-      if (first === state.current) state.current = null;
-      if (first.contains(document.activeElement)) focusLost = true;
-      first.remove();
-    };
-    // Oldest first; markers count towards a looser bound so they cannot pile up either.
-    while (rows.firstElementChild && (state.recordRows > MAX_ROWS || rows.childElementCount > 2 * MAX_ROWS + 50)) {
-      removeFirst();
+    // Oldest first; markers count towards a looser bound so they cannot pile up either. The rows
+    // to go are found first and removed in one operation.
+    let last = null;
+    let records = state.recordRows;
+    let count = rows.childElementCount;
+    for (let row = rows.firstElementChild; row; row = row.nextElementSibling) {
+      const over = records > MAX_ROWS || count > 2 * MAX_ROWS + 50;
+      if (!over && !row.classList.contains("details")) break;
+      if (row.classList.contains("rec")) records -= 1;
+      if (row === state.current) state.current = null;
+      if (row.contains(document.activeElement)) focusLost = true;
+      count -= 1;
+      last = row;
     }
-    while (rows.firstElementChild && rows.firstElementChild.classList.contains("details")) removeFirst();
+    if (last) {
+      const range = document.createRange();
+      range.setStartBefore(rows.firstElementChild);
+      range.setEndAfter(last);
+      range.deleteContents();
+      state.recordRows = records;
+    }
     if (focusLost) {
       // The focused row was the oldest: keep the keyboard where the reader was.
       setCurrent(rows.querySelector("tr.rec"));
@@ -621,6 +779,7 @@
 
   function clearRows() {
     el.rows.replaceChildren();
+    state.pending = [];
     state.recordRows = 0;
     state.held = [];
     state.current = null;
@@ -683,7 +842,7 @@
   }
 
   function makeDetails(record) {
-    const tr = document.createElement("tr");
+    const tr = tableRow();
     tr.className = `details lvl-${record.level}`;
     const td = cell("");
     td.colSpan = 4;
@@ -701,6 +860,7 @@
     if (record.trace_id) field(list, "Trace ID", String(record.trace_id), "span2");
     if (record.span_id) field(list, "Span ID", String(record.span_id));
     field(list, "Message", String(record.message), "wide pre");
+    list.append(recordActions(record));
     const attributes = flatten(record.attributes || {}, "", []).filter(([key]) => key);
     if (attributes.length) {
       const inner = document.createElement("dl");
@@ -715,11 +875,38 @@
     return tr;
   }
 
+  function recordActions(record) {
+    const box = document.createElement("div");
+    box.className = "wide record-actions";
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.textContent = "Copy as JSON";
+    copy.addEventListener("click", () => copyText(JSON.stringify(record, null, 2), copy));
+    const link = document.createElement("a");
+    link.className = "resume-link";
+    link.href = resumeLink(record);
+    link.textContent = "Open the stream from this record";
+    box.append(copy, link);
+    return box;
+  }
+
+  async function copyText(text, button) {
+    const label = button.textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (error) {
+      notice("error", `Could not copy to the clipboard (${error.message}).`);
+      return;
+    }
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = label; }, COPIED_MS);
+  }
+
   function recordRowFrom(row, step) {
     let next = row;
     do {
       next = step > 0 ? next.nextElementSibling : next.previousElementSibling;
-    } while (next && !next.classList.contains("rec"));
+    } while (next && !(next.classList.contains("rec") && isShown(recordOf.get(next).level)));
     return next;
   }
 
@@ -811,10 +998,20 @@
   // -- start ----------------------------------------------------------------------------------
 
   function start() {
+    chart = new window.VolumeChart({
+      windowMs: CHART_WINDOW_MS, bucketMs: CHART_BUCKET_MS, isShown: (level) => state.shown.has(level),
+      onToggle: toggleLevel,
+    });
     loadFilterFromPage();
+    state.positions = new Map(state.since);
+    showLevelControls();
+    rememberFilterInPage(desiredFilter());
+    el.opened.textContent = `View opened ${localTime(OPENED).slice(0, -4)}`; // to the second
+    el.opened.title = OPENED;
     el.maxRows.textContent = `(max ${fmt(MAX_ROWS)})`;
     el.form.addEventListener("submit", (event) => { event.preventDefault(); applyFilter(); });
-    el.level.addEventListener("change", applyFilter);
+    el.level.addEventListener("change", () => setShown(shownFromMinimum(el.level.value)));
+    el.copyLink.addEventListener("click", () => copyText(location.href, el.copyLink));
     el.regex.addEventListener("change", () => { if (el.q.value.trim()) applyFilter(); });
     for (const input of [el.service, el.q]) {
       input.addEventListener("input", () => {
@@ -823,7 +1020,8 @@
       });
     }
     el.resetFilter.addEventListener("click", () => {
-      el.level.value = "";
+      state.shown = new Set(STACK);
+      showLevelControls();
       el.service.value = "";
       el.q.value = "";
       el.regex.checked = false;
