@@ -5,14 +5,21 @@ or a later ``{"type":"subscribe", ...}`` message, and is immutable and
 hashable: the hub groups clients by filter, so clients that asked for the
 same thing share one encoding of each batch. Bad input raises
 :class:`FilterError` with a reason fit to show the client.
+
+Regular expressions run in the event loop, on every record, for every group:
+Python's ``re`` backtracks, and one nested quantifier on one 31-character line
+froze a worker for 30 s (issue 12). They run on RE2 (``google-re2``), which
+matches in time linear in the text; a pattern RE2 cannot run (backreferences,
+lookaround) or that compiles to more than ``REGEX_MAX_MEMORY`` is refused.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import re2
 
 from logger.records import _LEVELS, LEVEL_NAMES, LogRecord
 
@@ -20,6 +27,17 @@ MAX_TEXT = 200
 MAX_SERVICES = 20
 MAX_ATTRIBUTES = 10
 ATTRIBUTE_PREFIX = "attr."
+REGEX_MAX_MEMORY = 1 << 20  # RE2's budget for one compiled pattern (its default is 8 MiB)
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.max_mem = REGEX_MAX_MEMORY
+    options.log_errors = False  # RE2 would print the client's pattern to stderr
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
 
 
 class FilterError(ValueError):
@@ -31,7 +49,7 @@ class Filter:
     min_severity: int = 0
     services: frozenset[str] = frozenset()
     text: str = ""  # case-insensitive substring of the message
-    regex: re.Pattern[str] | None = field(default=None, compare=False)
+    regex: Any = field(default=None, compare=False)  # a compiled re2 pattern
     pattern: str = ""  # the regex's source: what equality and hashing use
     attributes: tuple[tuple[str, str], ...] = ()
 
@@ -111,9 +129,12 @@ class Filter:
         compiled = None
         if regex:
             try:
-                compiled = re.compile(regex)
-            except re.error as exc:
-                raise FilterError(f"invalid regex: {exc}") from None
+                compiled = re2.compile(regex, _RE2_OPTIONS)
+            except re2.error as exc:
+                reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) \
+                    else str(exc)
+                raise FilterError(f"invalid regex (RE2 syntax, no backreferences or lookaround): {reason}") \
+                    from None
         if len(attributes) > MAX_ATTRIBUTES:
             raise FilterError(f"at most {MAX_ATTRIBUTES} attribute conditions")
         pairs = []
