@@ -60,6 +60,7 @@ INVALID_PAYLOAD, POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LA
 CLOSE_WAIT_S = 2.0  # how long a closing client may take to answer our close frame
 DRAIN_FRAMES = 64  # queued frames a backlogged client's writer hands the kernel at once (IOV_MAX is 1024)
 READ_BYTES = 16 << 10  # new input one read callback parses before the loop serves anyone else (~2,700 tiny frames)
+REPLAY_AHEAD_BYTES = 64 << 10  # a replay is encoded only while less than this is queued
 QUEUED_FRAME_COST = 128  # what one queued undroppable frame costs beyond its bytes: entry, deque slot, bytes header
 
 # A queued frame: [frame, droppable, cost charged to the undroppable total]. A list, so that
@@ -256,10 +257,15 @@ class WebSocketClient:
         self.last_progress = time.monotonic()
         self._writer = gevent.spawn(self._drain)
 
-    def _enqueue(self, frame: bytes, droppable: bool) -> Entry | None:
-        """Queue behind the backlog. O(1) amortised: each batch is dropped at most once."""
+    def _enqueue(self, frame: bytes, droppable: bool, charged: bool = True) -> Entry | None:
+        """Queue behind the backlog. O(1) amortised: each batch is dropped at most once.
+
+        Undroppable frames are ``charged`` to the client's bound, except replay
+        frames: the writer pulls one only while little is queued, so they are
+        bounded where they are made.
+        """
         assert self._pending is not None and self._droppable is not None
-        cost = 0 if droppable else len(frame) + QUEUED_FRAME_COST
+        cost = len(frame) + QUEUED_FRAME_COST if charged and not droppable else 0
         entry: Entry = [frame, droppable, cost]
         self._pending.append(entry)
         self._pending_bytes += len(frame)
@@ -333,14 +339,18 @@ class WebSocketClient:
         A replay is pulled a frame at a time, yielding between frames.
         """
         hub = get_hub()
+        if self.closed or self._raw.fileno() < 0:  # closed before this greenlet first ran
+            self._pending = self._droppable = self._pong = None
+            self._writer = None
+            return
         writable = hub.loop.io(self._raw.fileno(), 2)  # 2: writable
         try:
             while True:
                 self._forget_sent(0)  # batches dropped at the front
+                if self._pending_bytes < REPLAY_AHEAD_BYTES and self._next_replay_frame():
+                    gevent.sleep(0)  # one chunk encoded: let the others run
+                    continue
                 if not self._pending:
-                    if self._next_replay_frame():
-                        gevent.sleep(0)  # one chunk encoded: let the others run
-                        continue
                     if self.dropped and not self.closing and self._held is None:
                         notice = encode_message({"type": "dropped", "count": self.dropped})
                         self.dropped = 0
@@ -374,7 +384,7 @@ class WebSocketClient:
             if not self._user_paused:
                 self._release_held()  # queued behind us: the writer goes on with them
             return bool(self._pending)
-        self._enqueue(frame, False)
+        self._enqueue(frame, False, charged=False)
         return True
 
     def _forget_sent(self, sent: int) -> None:
