@@ -286,7 +286,7 @@ class Hub:
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 REPLAY_FRAME_RECORDS = 200  # records per replay message: at most this many encoded at once per client
-REPLAY_FRAME_BYTES = 256 << 10  # …or about this many bytes of record values
+REPLAY_FRAME_BYTES = 64 << 10  # …or about this many bytes of record values
 
 
 def own_page(origin: str, environ: dict[str, Any], allowed_hosts: Sequence[str]) -> bool:
@@ -320,7 +320,7 @@ def _replay_frames(records: list[LogRecord]) -> Iterator[bytes]:
     start = 0
     while start < len(records):
         end, size = start, 0
-        while end < len(records) and end - start < REPLAY_FRAME_RECORDS and (size < REPLAY_FRAME_BYTES or end == start):
+        while end < len(records) and end - start < REPLAY_FRAME_RECORDS and size < REPLAY_FRAME_BYTES:
             size += records[end].size
             end += 1
         yield _logs_frame([r.to_client() for r in records[start:end]], replay=True)
