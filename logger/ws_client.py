@@ -59,7 +59,7 @@ INVALID_PAYLOAD, POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LA
 
 CLOSE_WAIT_S = 2.0  # how long a closing client may take to answer our close frame
 DRAIN_FRAMES = 64  # queued frames a backlogged client's writer hands the kernel at once (IOV_MAX is 1024)
-READ_BYTES = 16 << 10  # new input one read callback parses before the loop serves anyone else (~2,700 tiny frames)
+READ_BYTES = 4 << 10  # new input one read callback parses before the loop serves anyone else (~680 tiny frames)
 REPLAY_AHEAD_BYTES = 64 << 10  # a replay is encoded only while less than this is queued
 QUEUED_FRAME_COST = 128  # what one queued undroppable frame costs beyond its bytes: entry, deque slot, bytes header
 
@@ -317,8 +317,8 @@ class WebSocketClient:
         goodbye: Entry = [close_frame(POLICY_VIOLATION, reason), False, 0]
         kept = deque([goodbye])
         if self._pending:
-            head = self._pending[0]
-            head[1] = False
+            head = self._pending[0]  # may be partly on the wire: it must finish
+            head[1], head[2] = False, 0
             kept.appendleft(head)
         self._pending = kept
         self._pending_bytes = sum(len(entry[0]) for entry in kept)  # two entries
