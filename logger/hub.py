@@ -34,6 +34,7 @@ from gevent.event import Event
 import logger
 from logger import metrics
 from logger.config import Settings
+from logger.memory import release_freed_memory
 from logger.filters import EVERYTHING, Filter, FilterError
 from logger.records import LogRecord
 from logger.replay import Partition, ReplayRing, parse_positions
@@ -104,6 +105,7 @@ class Hub:
         self.ring = ReplayRing(settings.replay_records, settings.replay_bytes)
         self.counters: Counter[str] = Counter()
         self.accepting = True
+        self._freed_backlogs = False  # a client with a backlog left since the last malloc_trim
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -180,6 +182,8 @@ class Hub:
                 del self._groups[client.subscription]
 
     def _detach(self, client: WebSocketClient) -> None:
+        if client.had_backlog:
+            self._freed_backlogs = True
         self._clients.discard(client)
         self._leave(client)
         metrics.CLIENTS.set(len(self._clients))
@@ -270,6 +274,9 @@ class Hub:
                 else:
                     client.check_stall()
             report_drops()  # those of paused clients, which no fan-out reports
+            if self._freed_backlogs:  # see logger.memory: give their frames' pages back
+                self._freed_backlogs = False
+                release_freed_memory()
 
     def close_all(self, timeout: float, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
         """Refuse new clients, send every client a close frame, wait for them to go."""

@@ -127,7 +127,7 @@ class WebSocketClient:
                  "stall_timeout_s", "_pending", "_pending_bytes", "_droppable", "_undroppable_cost", "_pong",
                  "_writer", "dropped", "closing", "closed", "last_seen", "last_progress", "_inbox", "_fragments",
                  "_fragment_bytes", "_discarding", "_watcher", "_on_text", "_on_close", "_held", "_held_bytes",
-                 "_user_paused", "_replay", "subscription", "__weakref__")
+                 "_user_paused", "_replay", "had_backlog", "subscription", "__weakref__")
 
     def __init__(self, sock: socket.socket, address: str = "", *, max_pending: int = 4 << 20,
                  max_message_bytes: int = 64 << 10, max_fragments: int = 128,
@@ -164,6 +164,7 @@ class WebSocketClient:
         self._held_bytes = 0
         self._user_paused = False
         self._replay: Iterator[bytes] | None = None  # replay frames still to encode and send
+        self.had_backlog = False  # ever needed a writer: its frames' memory is worth giving back
         self.subscription: Any = None  # what the hub filters for this client
 
     def start(self, on_text: Callable[[WebSocketClient, str], None],
@@ -255,6 +256,7 @@ class WebSocketClient:
         self._pending, self._pending_bytes = pending, size
         self._droppable, self._undroppable_cost, self._pong = deque(), 0, None
         self.last_progress = time.monotonic()
+        self.had_backlog = True
         self._writer = gevent.spawn(self._drain)
 
     def _enqueue(self, frame: bytes, droppable: bool, charged: bool = True) -> Entry | None:

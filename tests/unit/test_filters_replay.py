@@ -99,6 +99,7 @@ class FakeClient:
         self.frames: list[bytes] = []
         self.subscription = None
         self.closing = self.closed = False
+        self.had_backlog = False
 
     def send(self, frame: bytes, droppable: bool = True) -> None:
         self.frames.append(frame)

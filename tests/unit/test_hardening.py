@@ -14,6 +14,7 @@ from logger.errors import ConfigError
 from logger.filters import Filter, FilterError
 from logger.handshake import HandshakeError, check_upgrade, valid_key, wants_websocket
 from logger.hub import Refusal, Subscription, own_page
+from logger.memory import release_freed_memory
 
 ALLOWED = ("localhost", "127.0.0.1", "[::1]")
 
@@ -130,3 +131,9 @@ def test_the_bounds_have_their_documented_defaults():
     assert settings.allowed_hosts == ALLOWED
     assert (settings.max_fragments, settings.http_head_timeout_s, settings.http_body_timeout_s,
             settings.http_max_header_bytes) == (128, 10, 30, 32 << 10)
+
+
+def test_freed_memory_can_be_handed_back_on_glibc():
+    assert release_freed_memory() in (True, False)
+    if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists("/lib/aarch64-linux-gnu/libc.so.6"):
+        assert release_freed_memory(), "glibc has malloc_trim"
