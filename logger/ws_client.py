@@ -20,7 +20,9 @@ that could interleave with our frames (gevent-websocket 0.10.1).
 
 Every cost a peer can cause is bounded here, where it is caused (issue 12):
 one read callback parses at most ``READ_BYTES`` new bytes, and each frame in
-them costs O(1) besides its payload (running totals, a partial frame waits in
+them costs O(1) besides its payload; messages that cost more (a subscribe with
+a new regular expression) are handled one ``WORK_SLICE_S`` at a time, reading
+paused meanwhile so that TCP pushes back on the peer (running totals, a partial frame waits in
 one ``bytearray`` and is never re-copied); a message may come in at most
 ``max_fragments`` pieces; pongs are coalesced (RFC 6455 §5.5.3 lets us answer
 only the latest ping); frames that cannot be dropped (replies, pongs, replay)
@@ -60,6 +62,7 @@ INVALID_PAYLOAD, POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LA
 CLOSE_WAIT_S = 2.0  # how long a closing client may take to answer our close frame
 DRAIN_FRAMES = 64  # queued frames a backlogged client's writer hands the kernel at once (IOV_MAX is 1024)
 READ_BYTES = 4 << 10  # new input one read callback parses before the loop serves anyone else (~680 tiny frames)
+WORK_SLICE_S = 0.005  # past this, a read callback stops parsing and reading, and goes on at the loop's next turn
 REPLAY_AHEAD_BYTES = 64 << 10  # a replay is encoded only while less than this is queued
 QUEUED_FRAME_COST = 128  # what one queued undroppable frame costs beyond its bytes: entry, deque slot, bytes header
 
@@ -127,7 +130,7 @@ class WebSocketClient:
                  "stall_timeout_s", "_pending", "_pending_bytes", "_droppable", "_undroppable_cost", "_pong",
                  "_writer", "dropped", "closing", "closed", "last_seen", "last_progress", "_inbox", "_fragments",
                  "_fragment_bytes", "_discarding", "_watcher", "_on_text", "_on_close", "_held", "_held_bytes",
-                 "_user_paused", "_replay", "had_backlog", "subscription", "__weakref__")
+                 "_user_paused", "_replay", "had_backlog", "_yielding", "subscription", "__weakref__")
 
     def __init__(self, sock: socket.socket, address: str = "", *, max_pending: int = 4 << 20,
                  max_message_bytes: int = 64 << 10, max_fragments: int = 128,
@@ -165,6 +168,7 @@ class WebSocketClient:
         self._user_paused = False
         self._replay: Iterator[bytes] | None = None  # replay frames still to encode and send
         self.had_backlog = False  # ever needed a writer: its frames' memory is worth giving back
+        self._yielding = False  # reading paused until the loop's next turn (see _receive)
         self.subscription: Any = None  # what the hub filters for this client
 
     def start(self, on_text: Callable[[WebSocketClient, str], None],
@@ -456,6 +460,7 @@ class WebSocketClient:
             inbox += data
         buffer: bytes | bytearray = inbox if inbox is not None else data
         offset = 0
+        deadline = time.monotonic() + WORK_SLICE_S
         try:
             while not self.closed:
                 frame = parse_frame(buffer, offset, self.max_message_bytes)
@@ -463,6 +468,9 @@ class WebSocketClient:
                     break
                 fin, opcode, payload, offset = frame
                 self._handle_frame(fin, opcode, payload)
+                if offset < len(buffer) and time.monotonic() > deadline:
+                    self._yield_reading()
+                    break
         except ProtocolViolation as exc:
             log.info("closing WebSocket %s: %s (%d)", self.address, exc.reason, exc.code)
             metrics.CLIENTS_CLOSED.labels("protocol").inc()
@@ -478,6 +486,22 @@ class WebSocketClient:
             self._inbox = bytearray(memoryview(buffer)[offset:])
         elif offset:
             del inbox[:offset]
+
+    def _yield_reading(self) -> None:
+        """Out of time with input left: let the loop serve the others first. Reading
+        stops meanwhile, so what the peer sends waits in the kernel, not in our inbox."""
+        if self._watcher is not None and not self._yielding:
+            self._yielding = True
+            self._watcher.stop()
+            get_hub().loop.run_callback(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._yielding = False
+        if self.closed or self._watcher is None:
+            return
+        self._receive(b"")  # what is left in the inbox
+        if not self._yielding and not self.closed and self._watcher is not None:
+            self._watcher.start(self._on_readable)
 
     def _handle_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:

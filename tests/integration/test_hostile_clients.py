@@ -256,6 +256,25 @@ def test_redos_pattern_with_tail_runs_in_linear_time(attacked):
     watch.check()
 
 
+def test_subscribe_flood_with_costly_new_regexes(attacked):
+    proc, watch = attacked()
+
+    def subscribe(n: int) -> bytes:  # repeated Unicode classes: 5-40 ms for RE2 to compile, every one new
+        pattern = f"(?i)[\\p{{Greek}}\\p{{Cyrillic}}\\w]{{1,{n}}}"
+        return masked_frame(json.dumps({"type": "subscribe", "regex": pattern}).encode())
+    messages = [b"".join(subscribe(n) for n in range(start, start + 150)) for start in (20, 200, 380)]
+    with raw_connections(3, proc.port, rcvbuf=4096) as socks:
+        senders = [threading.Thread(target=send_quietly, args=(sock, batch), daemon=True)
+                   for sock, batch in zip(socks, messages)]
+        for sender in senders:
+            sender.start()
+        watch.bystander_served()
+        for sender in senders:
+            sender.join(60)
+        watch.bystander_served()
+    watch.check()
+
+
 # -- attacks on memory ---------------------------------------------------------------
 
 

@@ -137,3 +137,14 @@ def test_freed_memory_can_be_handed_back_on_glibc():
     assert release_freed_memory() in (True, False)
     if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists("/lib/aarch64-linux-gnu/libc.so.6"):
         assert release_freed_memory(), "glibc has malloc_trim"
+
+
+def test_new_regexes_share_a_compile_budget_and_known_ones_are_cached(monkeypatch):
+    from logger import filters
+    compiler = filters._RegexCompiler()
+    assert compiler.compile("a+") is compiler.compile("a+")
+    monkeypatch.setattr(filters, "REGEX_COMPILE_BUDGET_S", 0.0)
+    compiler._allowance = 0.0  # the budget is spent
+    with pytest.raises(FilterError, match="try again"):
+        compiler.compile("b+")
+    assert compiler.compile("a+") is not None, "a cached pattern costs nothing"

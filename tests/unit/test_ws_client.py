@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 import gevent
 import orjson
@@ -416,3 +417,28 @@ def test_close_frames_are_checked_as_rfc_6455_section_7_4_says(pair, payload, co
     with gevent.Timeout(5):
         opcode, answer = read_frame(peer)
     assert opcode == OP_CLOSE and close_code(answer) == code
+
+
+def test_slow_messages_are_handled_a_slice_at_a_time_letting_others_run(pair):
+    client, peer = pair
+    events: list[str] = []
+
+    def slow_handler(_client, text: str) -> None:
+        time.sleep(0.003)  # a costly message (a new regex, say): blocks the loop while it runs
+        events.append(text)
+
+    client.start(slow_handler, lambda _c: None)
+    ticker_stop = []
+
+    def ticker() -> None:
+        while not ticker_stop:
+            events.append("tick")
+            gevent.sleep(0)
+    gevent.spawn(ticker)
+    peer.sendall(b"".join(masked(b"m%02d" % i) for i in range(20)))
+    wait_for(lambda: sum(1 for e in events if e != "tick") == 20)
+    ticker_stop.append(True)
+    messages = [e for e in events if e != "tick"]
+    assert messages == ["m%02d" % i for i in range(20)]
+    first, last = events.index("m00"), events.index("m19")
+    assert "tick" in events[first:last], "the loop ran others between slices"
