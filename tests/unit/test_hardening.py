@@ -148,3 +148,16 @@ def test_new_regexes_share_a_compile_budget_and_known_ones_are_cached(monkeypatc
     with pytest.raises(FilterError, match="try again"):
         compiler.compile("b+")
     assert compiler.compile("a+") is not None, "a cached pattern costs nothing"
+
+
+def test_the_scheme_behind_a_proxy_comes_from_x_forwarded_proto_of_trusted_proxies_only():
+    import ipaddress
+
+    from logger.gunicorn_worker import _client_address_behind_proxies
+    trusted = (ipaddress.ip_network("127.0.0.1/32"),)
+    via_proxy = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_PROTO": "https", "wsgi.url_scheme": "http"}
+    _client_address_behind_proxies(via_proxy, trusted)
+    assert via_proxy["wsgi.url_scheme"] == "https"
+    direct = {"REMOTE_ADDR": "203.0.113.9", "HTTP_X_FORWARDED_PROTO": "https", "wsgi.url_scheme": "http"}
+    _client_address_behind_proxies(direct, trusted)
+    assert direct["wsgi.url_scheme"] == "http", "anyone can write the header: it counts from a trusted proxy only"
