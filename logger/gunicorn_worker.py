@@ -193,6 +193,8 @@ class UpgradeHandler(WebSocketHandler):
             self.service.hub.admit(self.environ)
         except Refusal as refusal:
             return self._refuse(refusal.status, refusal.reason)
+        # gevent-websocket 0.10.1 compares the whole header with "websocket", not its tokens.
+        self.environ["HTTP_UPGRADE"] = "websocket"
         return super().upgrade_websocket()
 
     def _refuse(self, status: str, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> list[bytes]:

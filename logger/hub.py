@@ -34,8 +34,8 @@ from gevent.event import Event
 import logger
 from logger import metrics
 from logger.config import Settings
-from logger.memory import release_freed_memory
 from logger.filters import EVERYTHING, Filter, FilterError
+from logger.memory import release_freed_memory
 from logger.records import LogRecord
 from logger.replay import Partition, ReplayRing, parse_positions
 from logger.ws_client import (
