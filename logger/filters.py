@@ -35,7 +35,7 @@ MAX_TEXT = 200
 MAX_SERVICES = 20
 MAX_ATTRIBUTES = 10
 ATTRIBUTE_PREFIX = "attr."
-REGEX_MAX_MEMORY = 1 << 20  # RE2's budget for one compiled pattern (its default is 8 MiB)
+REGEX_MAX_MEMORY = 256 << 10  # RE2's budget for one pattern, program and match cache (its default: 8 MiB)
 
 
 def _re2_options() -> re2.Options:
@@ -46,7 +46,7 @@ def _re2_options() -> re2.Options:
 
 
 _RE2_OPTIONS = _re2_options()
-REGEX_CACHE_SIZE = 256
+REGEX_CACHE_SIZE = 64  # at most 64 × REGEX_MAX_MEMORY held for patterns no client uses any more
 REGEX_COMPILE_BUDGET_S = 0.1  # CPU per second a worker spends compiling new patterns, at most…
 REGEX_COMPILE_BURST_S = 0.3  # …after a burst of this much
 

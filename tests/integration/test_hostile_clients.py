@@ -51,6 +51,7 @@ class Watch:
     worst_health_s: float = 0.0
     workers_seen: set[int] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
+    rss_after: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _sent: int = 0
 
@@ -93,13 +94,19 @@ class Watch:
     def rss_now(self) -> int:
         return rss_kib(self.pid)
 
+    def rss_returns(self, baseline: int, margin_kib: int = 4 << 10) -> None:
+        """Once the attacker has gone, the worker's RSS comes back within ``margin_kib`` of ``baseline``."""
+        self.rss_after = wait_until(lambda: (rss := self.rss_now()) - baseline < margin_kib and rss, 30,
+                                    f"the worker's RSS to come back near {baseline} KiB")
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
 
     def report(self) -> str:
+        after = f" after {self.rss_after} KiB" if self.rss_after else ""
         return (f"pid {self.pid} seen {sorted(self.workers_seen)}, worst /health {self.worst_health_s:.3f} s, "
-                f"RSS before {self.rss_before} KiB peak {self.rss_peak} KiB")
+                f"RSS before {self.rss_before} KiB peak {self.rss_peak} KiB{after}")
 
     def check(self) -> None:
         """Stop watching; the worker must be the same and /health must have answered in time."""
@@ -220,6 +227,7 @@ def test_ping_flood_from_a_client_that_does_not_read(attacked):
         watch.bystander_served()
         # Coalesced pongs: the worker holds a pong per client, not millions.
         assert watch.rss_peak - watch.rss_before < 32 << 10, watch.report()
+    watch.rss_returns(watch.rss_before)
     watch.check()
 
 
@@ -239,6 +247,7 @@ def test_json_message_flood_from_a_client_that_does_not_read_is_closed_1008(atta
             hung_up, tail = closed_by_server(sock, 30)
             assert hung_up and last_close_code(tail) == 1008, "a client that does not read its replies is closed"
         watch.bystander_served()
+    watch.rss_returns(watch.rss_before)
     watch.check()
     assert watch.rss_peak - watch.rss_before < 64 << 10, watch.report()
 
@@ -289,9 +298,9 @@ def test_replay_amplification_costs_a_chunk_per_connection_not_a_copy_of_the_rin
         during = watch.rss_now()
         assert during - baseline < 48 << 10, f"{during - baseline} KiB for 120 replays; {watch.report()}"
     # Back near the baseline once they are gone (the hub hands freed pages back: logger.memory).
-    wait_until(lambda: watch.rss_now() - baseline < 4 << 10, 30, "the worker's RSS to come back near its baseline")
+    watch.rss_returns(baseline)
     watch.check()
-    print(f"baseline with history {baseline} KiB, with 120 replays {during} KiB, after {watch.rss_now()} KiB")
+    print(f"baseline with history {baseline} KiB, with 120 replays {during} KiB, after {watch.rss_after} KiB")
 
 
 # -- attacks on the HTTP layer ---------------------------------------------------------
@@ -340,7 +349,7 @@ def test_huge_headers_get_431_and_leave_no_memory_behind(attacked):
             answer = sock.recv(200)
             assert answer.startswith(b"HTTP/1.1 431"), answer
     watch.bystander_served()
-    wait_until(lambda: watch.rss_now() - baseline < 16 << 10, 20, "RSS near its baseline")
+    watch.rss_returns(baseline)
     watch.check()
 
 
