@@ -63,6 +63,7 @@ class Settings:
     client_buffer_bytes: int = 4 << 20
     max_message_bytes: int = 64 << 10
     max_fragments: int = 128
+    max_regex_filters: int = 100
     client_stall_timeout_s: float = 30.0
     replay_records: int = 5000
     replay_bytes: int = 8 << 20
@@ -132,6 +133,7 @@ class Settings:
             client_buffer_bytes=env.integer("WS_CLIENT_BUFFER_BYTES", 4 << 20, 64 << 10, 1 << 30),
             max_message_bytes=env.integer("WS_MAX_MESSAGE_BYTES", 64 << 10, 125, 16 << 20),
             max_fragments=env.integer("WS_MAX_FRAGMENTS", 128, 1, 1_000_000),
+            max_regex_filters=env.integer("WS_MAX_REGEX_FILTERS", 100, 0, 100_000),
             client_stall_timeout_s=env.number("WS_STALL_TIMEOUT_S", 30, 0.1, 3600),
             replay_records=env.integer("REPLAY_RECORDS", 5000, 0, 1_000_000),
             replay_bytes=env.integer("REPLAY_BYTES", 8 << 20, 0, 1 << 30),

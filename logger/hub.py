@@ -102,6 +102,7 @@ class Hub:
         self.settings = settings
         self._clients: set[WebSocketClient] = set()
         self._groups: dict[Filter, set[WebSocketClient]] = {}
+        self._regex_groups = 0  # groups whose filter has a regex
         self.ring = ReplayRing(settings.replay_records, settings.replay_bytes)
         self.counters: Counter[str] = Counter()
         self.accepting = True
@@ -132,11 +133,30 @@ class Hub:
             self.counters["refused_full"] += 1
             raise Refusal("503 Service Unavailable", f"this worker already has {len(self._clients)} clients")
         try:
-            environ[SUBSCRIPTION_KEY] = Subscription.from_query_string(environ.get("QUERY_STRING", ""),
-                                                                       self.settings.replay_records)
+            subscription = Subscription.from_query_string(environ.get("QUERY_STRING", ""),
+                                                          self.settings.replay_records)
         except Refusal:
             self.counters["refused_bad_request"] += 1
             raise
+        if not self._room_for(subscription.filter):
+            self.counters["refused_regex"] += 1
+            raise Refusal("503 Service Unavailable", self._no_room)
+        environ[SUBSCRIPTION_KEY] = subscription
+
+    @property
+    def _no_room(self) -> str:
+        return (f"this worker already filters with {self.settings.max_regex_filters} different regular "
+                "expressions: use one of those, or try again later")
+
+    def _room_for(self, wanted: Filter, client: WebSocketClient | None = None) -> bool:
+        """Each distinct filter with a regex is matched against every record of every batch,
+        in the event loop: their number is bounded (``WS_MAX_REGEX_FILTERS``). A client
+        that is alone in its regex group frees that place by moving."""
+        if wanted.regex is None or wanted in self._groups:
+            return True
+        current = client.subscription if client is not None else None
+        freed = current is not None and current.regex is not None and self._groups.get(current) == {client}
+        return self._regex_groups - freed < self.settings.max_regex_filters
 
     def attach(self, client: WebSocketClient, subscription: Subscription | None = None,
                initial: bytes = b"") -> None:
@@ -172,7 +192,10 @@ class Hub:
     def _join(self, client: WebSocketClient, wanted: Filter) -> None:
         self._leave(client)
         client.subscription = wanted
-        self._groups.setdefault(wanted, set()).add(client)
+        if wanted not in self._groups:
+            self._groups[wanted] = set()
+            self._regex_groups += wanted.regex is not None
+        self._groups[wanted].add(client)
 
     def _leave(self, client: WebSocketClient) -> None:
         members = self._groups.get(client.subscription)
@@ -180,6 +203,7 @@ class Hub:
             members.discard(client)
             if not members:
                 del self._groups[client.subscription]
+                self._regex_groups -= client.subscription.regex is not None
 
     def _detach(self, client: WebSocketClient) -> None:
         if client.had_backlog:
@@ -200,6 +224,8 @@ class Hub:
                 wanted = Filter.from_message(message)
             except FilterError as exc:
                 return self._reply(client, {"type": "error", "error": str(exc)})
+            if not self._room_for(wanted, client):
+                return self._reply(client, {"type": "error", "error": self._no_room})
             self._join(client, wanted)
             return self._reply(client, {"type": "subscribed", "filter": wanted.describe()})
         if kind == "pause":

@@ -284,6 +284,26 @@ def test_subscribe_flood_with_costly_new_regexes(attacked):
     watch.check()
 
 
+def test_many_distinct_regex_filters_are_capped_per_worker(attacked):
+    proc, watch = attacked()
+    # Every distinct regex is matched against every record of every batch, in the event loop:
+    # 1,500 of them made a 500-record batch cost ~1.2 s. Past WS_MAX_REGEX_FILTERS (100): 503.
+    statuses = []
+    socks = []
+    try:
+        for n in range(1500):
+            sock, status, _ = handshake("127.0.0.1", proc.port, path=f"/ws?regex=user%20{n}%20x")
+            statuses.append(status)
+            socks.append(sock)
+        assert statuses.count(101) == 100 and statuses.count(503) == 1400
+        for _ in range(5):  # batches of 500 records through the 100 regex groups
+            watch.deliver([json.dumps({"message": f"GET /api user {i} took 3 ms"}).encode() for i in range(500)])
+    finally:
+        for sock in socks:
+            sock.close()
+    watch.check()
+
+
 # -- attacks on memory ---------------------------------------------------------------
 
 

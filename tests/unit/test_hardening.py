@@ -161,3 +161,31 @@ def test_the_scheme_behind_a_proxy_comes_from_x_forwarded_proto_of_trusted_proxi
     direct = {"REMOTE_ADDR": "203.0.113.9", "HTTP_X_FORWARDED_PROTO": "https", "wsgi.url_scheme": "http"}
     _client_address_behind_proxies(direct, trusted)
     assert direct["wsgi.url_scheme"] == "http", "anyone can write the header: it counts from a trusted proxy only"
+
+
+def test_distinct_regex_filters_per_worker_are_capped():
+    from tests.unit.test_filters_replay import FakeClient
+
+    from logger.hub import Hub
+    hub = Hub(Settings(max_regex_filters=2))
+    clients = []
+    for pattern in ("a%2B", "b%2B"):  # a+, b+
+        environ = {"QUERY_STRING": f"regex={pattern}"}
+        hub.admit(environ)
+        clients.append(FakeClient())
+        hub.attach(clients[-1], environ["logger.subscription"])
+    with pytest.raises(Refusal) as refused:
+        hub.admit({"QUERY_STRING": "regex=c%2B"})
+    assert refused.value.status.startswith("503")
+    hub.admit({"QUERY_STRING": "regex=a%2B"})  # an existing one costs nothing more
+    hub.admit({"QUERY_STRING": "level=warn"})  # no regex: no limit
+    first = clients[0]
+    first.on_text(first, '{"type":"subscribe","regex":"d+"}')  # alone in its group: it may move
+    assert first.messages()[-1]["type"] == "subscribed"
+    second = FakeClient()
+    hub.attach(second)
+    second.on_text(second, '{"type":"subscribe","regex":"e+"}')
+    assert second.messages()[-1]["type"] == "error" and "regular expressions" in second.messages()[-1]["error"]
+    first.on_close(first)  # its group goes, and with it the place
+    second.on_text(second, '{"type":"subscribe","regex":"e+"}')
+    assert second.messages()[-1]["type"] == "subscribed"
