@@ -205,7 +205,8 @@ def test_fragment_flood_is_cut_at_the_fragment_cap(attacked):
 
 
 def test_ping_flood_from_a_client_that_does_not_read(attacked):
-    proc, watch = attacked(WS_CLIENT_BUFFER_BYTES="1048576")
+    # The stall timeout would end the attack after 30 s (it takes nothing): keep it going.
+    proc, watch = attacked(WS_CLIENT_BUFFER_BYTES="1048576", WS_STALL_TIMEOUT_S="600")
     with raw_connections(2, proc.port, rcvbuf=4096) as socks:
         watch.bystander_served()
         # 2 × 12 MB of empty pings (4 million) whose pongs are never read.
