@@ -93,6 +93,7 @@ class WebSocketRoute:
         settings = self.service.settings
         client = WebSocketClient(sock, environ.get("REMOTE_ADDR", ""), max_pending=settings.client_buffer_bytes,
                                  max_message_bytes=settings.max_message_bytes,
+                                 max_fragments=settings.max_fragments,
                                  stall_timeout_s=settings.client_stall_timeout_s)
         self.service.hub.attach(client, environ.get(SUBSCRIPTION_KEY), initial)
         return []

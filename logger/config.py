@@ -70,6 +70,8 @@ class Settings:
     max_clients: int = 20_000
     client_buffer_bytes: int = 4 << 20
     max_message_bytes: int = 64 << 10
+    max_fragments: int = 128
+    max_regex_filters: int = 100
     client_stall_timeout_s: float = 30.0
     replay_records: int = 5000
     replay_bytes: int = 8 << 20
@@ -78,6 +80,10 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    http_head_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_max_header_bytes: int = 32 << 10
     ingest_token: str | None = field(default=None, repr=False)
 
     @property
@@ -142,6 +148,8 @@ class Settings:
             max_clients=env.integer("WS_MAX_CLIENTS", 20_000, 1, 1_000_000),
             client_buffer_bytes=env.integer("WS_CLIENT_BUFFER_BYTES", 4 << 20, 64 << 10, 1 << 30),
             max_message_bytes=env.integer("WS_MAX_MESSAGE_BYTES", 64 << 10, 125, 16 << 20),
+            max_fragments=env.integer("WS_MAX_FRAGMENTS", 128, 1, 1_000_000),
+            max_regex_filters=env.integer("WS_MAX_REGEX_FILTERS", 100, 0, 100_000),
             client_stall_timeout_s=env.number("WS_STALL_TIMEOUT_S", 30, 0.1, 3600),
             replay_records=env.integer("REPLAY_RECORDS", 5000, 0, 1_000_000),
             replay_bytes=env.integer("REPLAY_BYTES", 8 << 20, 0, 1 << 30),
@@ -151,6 +159,11 @@ class Settings:
             log_format=env.choice("LOG_FORMAT", ("auto", "json", "text"), "auto"),
             trusted_proxies=env.parse("TRUSTED_PROXIES", (), _networks,
                                       "a comma-separated list of IP addresses or CIDR networks"),
+            allowed_hosts=env.parse("ALLOWED_HOSTS", ("localhost", "127.0.0.1", "[::1]"), _host_names,
+                                    "a comma-separated list of host names (IPv6 in brackets), no ports"),
+            http_head_timeout_s=env.number("HTTP_HEAD_TIMEOUT_S", 10, 0.1, 3600),
+            http_body_timeout_s=env.number("HTTP_BODY_TIMEOUT_S", 30, 0.1, 3600),
+            http_max_header_bytes=env.integer("HTTP_MAX_HEADER_BYTES", 32 << 10, 1024, 1 << 20),
             ingest_token=env.parse("INGEST_TOKEN", None, _token, "at least 16 characters without spaces",
                                    secret=True),
         )
@@ -213,6 +226,17 @@ def _raise(raw: str) -> T:  # type: ignore[type-var]
 
 def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
+
+
+_HOST_NAME = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9_-]+(\.[a-z0-9_-]+)*)$")
+
+
+def _host_names(raw: str) -> tuple[str, ...]:
+    """``ALLOWED_HOSTS``: names as a browser writes them in ``Origin`` (lower case, IPv6 in brackets)."""
+    names = tuple(part.strip().lower().rstrip(".") for part in raw.split(",") if part.strip())
+    if not names or not all(_HOST_NAME.match(name) for name in names):
+        raise ValueError(raw)
+    return names
 
 
 def _token(raw: str) -> str:

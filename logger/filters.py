@@ -5,14 +5,29 @@ or a later ``{"type":"subscribe", ...}`` message, and is immutable and
 hashable: the hub groups clients by filter, so clients that asked for the
 same thing share one encoding of each batch. Bad input raises
 :class:`FilterError` with a reason fit to show the client.
+
+Regular expressions run in the event loop, on every record, for every group:
+Python's ``re`` backtracks, and one nested quantifier on one 31-character line
+froze a worker for 30 s (issue 12). They run on RE2 (``google-re2``), which
+matches in time linear in the text; a pattern RE2 cannot run (backreferences,
+lookaround) or that compiles to more than ``REGEX_MAX_MEMORY`` is refused.
+
+Compiling is not free either: a 20-character pattern of repeated Unicode
+classes took RE2 20-40 ms. Patterns compiled once are cached (viewers that
+reconnect ask for the same ones), and new compilations share a budget of
+``REGEX_COMPILE_BUDGET_S`` of CPU per second per worker; past it a new pattern
+is refused ("try again") instead of holding the event loop.
 """
 
 from __future__ import annotations
 
-import re
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import re2
 
 from logger.records import _LEVELS, LEVEL_NAMES, LogRecord
 
@@ -20,6 +35,56 @@ MAX_TEXT = 200
 MAX_SERVICES = 20
 MAX_ATTRIBUTES = 10
 ATTRIBUTE_PREFIX = "attr."
+REGEX_MAX_MEMORY = 256 << 10  # RE2's budget for one pattern, program and match cache (its default: 8 MiB)
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.max_mem = REGEX_MAX_MEMORY
+    options.log_errors = False  # RE2 would print the client's pattern to stderr
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+REGEX_CACHE_SIZE = 64  # at most 64 × REGEX_MAX_MEMORY held for patterns no client uses any more
+REGEX_COMPILE_BUDGET_S = 0.1  # CPU per second a worker spends compiling new patterns, at most…
+REGEX_COMPILE_BURST_S = 0.3  # …after a burst of this much
+
+
+class _RegexCompiler:
+    """RE2 compilation with a cache of recent patterns and a token bucket of compile time."""
+
+    def __init__(self) -> None:
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._allowance = REGEX_COMPILE_BURST_S
+        self._checked = time.monotonic()
+
+    def compile(self, pattern: str) -> Any:
+        cached = self._cache.get(pattern)
+        if cached is not None:
+            self._cache.move_to_end(pattern)
+            return cached
+        now = time.monotonic()
+        self._allowance = min(REGEX_COMPILE_BURST_S,
+                              self._allowance + (now - self._checked) * REGEX_COMPILE_BUDGET_S)
+        self._checked = now
+        if self._allowance <= 0:
+            raise FilterError("too many new regular expressions right now: try again in a few seconds")
+        try:
+            compiled = re2.compile(pattern, _RE2_OPTIONS)
+        except re2.error as exc:
+            reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) \
+                else str(exc)
+            raise FilterError(f"invalid regex (RE2 syntax, no backreferences or lookaround): {reason}") from None
+        finally:
+            self._allowance -= time.monotonic() - now
+        self._cache[pattern] = compiled
+        if len(self._cache) > REGEX_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return compiled
+
+
+_compiler = _RegexCompiler()
 
 
 class FilterError(ValueError):
@@ -31,7 +96,7 @@ class Filter:
     min_severity: int = 0
     services: frozenset[str] = frozenset()
     text: str = ""  # case-insensitive substring of the message
-    regex: re.Pattern[str] | None = field(default=None, compare=False)
+    regex: Any = field(default=None, compare=False)  # a compiled re2 pattern
     pattern: str = ""  # the regex's source: what equality and hashing use
     attributes: tuple[tuple[str, str], ...] = ()
 
@@ -110,10 +175,7 @@ class Filter:
                 raise FilterError(f"{name} is longer than {MAX_TEXT} characters")
         compiled = None
         if regex:
-            try:
-                compiled = re.compile(regex)
-            except re.error as exc:
-                raise FilterError(f"invalid regex: {exc}") from None
+            compiled = _compiler.compile(regex)
         if len(attributes) > MAX_ATTRIBUTES:
             raise FilterError(f"at most {MAX_ATTRIBUTES} attribute conditions")
         pairs = []

@@ -2,8 +2,14 @@
 
 * :class:`UpgradeHandler` decides about a ``/ws`` upgrade *before* the 101:
   gevent-websocket answers 101 before the WSGI app runs, so a refusal
-  (foreign ``Origin``, worker full, shutting down) must happen here to be an
-  HTTP status (403/503) rather than a WebSocket that opens and closes.
+  (a handshake RFC 6455 does not allow, foreign ``Origin``, worker full,
+  shutting down) must happen here to be an HTTP status (4xx/503) rather than
+  a WebSocket that opens and closes. It also bounds what any request may
+  cost (issue 12): pywsgi waits for the request line only, then reads up to
+  100 header lines of 64 KiB each for as long as the peer likes, and discards
+  a body as slowly as it comes. Here the whole head has one deadline
+  (``HTTP_HEAD_TIMEOUT_S``, 408) and a size cap (``HTTP_MAX_HEADER_BYTES``,
+  431), and the body another deadline (``HTTP_BODY_TIMEOUT_S``).
 * :class:`Worker` is gevent-websocket's worker with that handler and with a
   drain on SIGTERM and SIGINT: Gunicorn's gevent worker waits for open
   connections until ``graceful_timeout``, and WebSockets never end on their
@@ -22,15 +28,21 @@ after the patch.
 from __future__ import annotations
 
 import gc
+import io
 import ipaddress
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent.pywsgi import MAX_REQUEST_LINE, Input
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIHandler
 
+from logger import metrics
+from logger.handshake import HandshakeError, check_upgrade, wants_websocket
 from logger.hub import WS_PATH, Refusal
 
 if TYPE_CHECKING:
@@ -39,11 +51,58 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class RequestRefused(ValueError):
+    """A request head the handler will not read further (a ValueError: pywsgi logs no traceback)."""
+
+    def __init__(self, status: str, reason: str, counted_as: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.counted_as = counted_as
+
+
+class BodyWithDeadline(Input):
+    """pywsgi's request body, ending (as if the peer closed) at ``deadline``.
+
+    A body announced as 1 GB and sent a byte a second would otherwise hold its
+    connection for ever: the app reads it, and pywsgi discards what the app left
+    (``Input._discard``) at whatever pace it comes. Past the deadline reads
+    return ``b""``; Werkzeug then answers 400 (the body is short), and the
+    handler closes the connection.
+    """
+
+    __slots__ = ("deadline", "expired")
+
+    def __init__(self, original: Input, deadline: float) -> None:
+        super().__init__(original.rfile, original.content_length, socket=original.socket,
+                         chunked_input=original.chunked_input)
+        self.deadline = deadline
+        self.expired = False
+
+    def read(self, length: int | None = None) -> bytes:
+        return self._in_time(Input.read, length)
+
+    def readline(self, size: int | None = None) -> bytes:
+        return self._in_time(Input.readline, size)
+
+    def _in_time(self, method: Callable[[Input, int | None], bytes], size: int | None) -> bytes:
+        remaining = self.deadline - time.monotonic()
+        if not self.expired and remaining > 0:
+            with gevent.Timeout(remaining, False):
+                return method(self, size)
+        self.expired = True
+        return b""
+
+
 class UpgradeHandler(WebSocketHandler):
-    """Upgrades only ``/ws``, and only when the hub admits the request."""
+    """Upgrades only ``/ws``, and only when the handshake is valid and the hub admits it."""
 
     service: LogService | None = None  # bound per worker by post_worker_init
     idle_timeout_s: float = 5.0  # Gunicorn's ``keepalive``, bound by post_worker_init
+    head_timeout_s: float = 10.0  # the settings' http_* bounds, bound by post_worker_init
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 32 << 10
+    _head_deadline: float = 0.0
 
     # Gunicorn's access log, not gevent-websocket's own logger.
     log_request = PyWSGIHandler.log_request
@@ -53,36 +112,103 @@ class UpgradeHandler(WebSocketHandler):
         # (Gunicorn's ``keepalive`` setting is not applied to this worker), so an
         # idle client could hold a connection slot indefinitely. Give up after
         # ``idle_timeout_s``: an empty request line makes pywsgi close quietly.
+        # Once a request has begun, its whole head has ``head_timeout_s``.
+        first = b""
         with gevent.Timeout(self.idle_timeout_s, False):
-            return super().read_requestline()
-        return ""
+            first = self.rfile.peek(1)
+        if not first:
+            return ""
+        self._head_deadline = time.monotonic() + self.head_timeout_s
+        with gevent.Timeout(self.head_timeout_s, False):
+            return self.rfile.readline(MAX_REQUEST_LINE).decode("latin-1")
+        _count_refusal("head_timeout")
+        return ""  # a request line trickled for longer than the deadline: close quietly
+
+    def read_request(self, raw_requestline: str) -> bool:
+        """Read the header block within the deadline and the byte cap, then let pywsgi parse it."""
+        head: bytes | None = None
+        with gevent.Timeout(max(self._head_deadline - time.monotonic(), 0.001), False):
+            head = self._read_header_block()
+        if head is None:
+            raise RequestRefused("408 Request Timeout", f"request head not complete in {self.head_timeout_s:g} s",
+                                 "head_timeout")
+        rfile, self.rfile = self.rfile, io.BytesIO(head)
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self.rfile = rfile
+
+    def _read_header_block(self) -> bytes:
+        head = bytearray()
+        while True:
+            line = self.rfile.readline(self.max_header_bytes - len(head) + 1)
+            head += line
+            if len(head) > self.max_header_bytes:
+                raise RequestRefused("431 Request Header Fields Too Large",
+                                     f"request headers larger than {self.max_header_bytes} bytes", "headers_too_large")
+            if line in (b"\r\n", b"\n", b""):
+                return bytes(head)
+
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        if not isinstance(ex, RequestRefused):
+            return super()._handle_client_error(ex)
+        _count_refusal(ex.counted_as)
+        log.info("refused a request from %s: %s", self.client_address, ex.reason)
+        body = ex.reason.encode() + b"\n"
+        return ex.status[:3], (f"HTTP/1.1 {ex.status}\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+                               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
     def get_environ(self) -> dict[str, Any]:
         environ = super().get_environ()  # the extras gunicorn's PyWSGIHandler adds
         environ["gunicorn.sock"] = self.socket
         environ["RAW_URI"] = self.path
+        timed = BodyWithDeadline(self.wsgi_input, time.monotonic() + self.body_timeout_s)
+        if environ["wsgi.input"] is self.wsgi_input:
+            environ["wsgi.input"] = timed
+        self.wsgi_input = timed
         if self.service is not None:
             _client_address_behind_proxies(environ, self.service.settings.trusted_proxies)
         return environ
 
+    def handle_one_response(self) -> None:
+        super().handle_one_response()
+        if isinstance(self.wsgi_input, BodyWithDeadline) and self.wsgi_input.expired:
+            # What is left of the body is unknown: this connection cannot carry another request.
+            self.close_connection = True
+            _count_refusal("body_timeout")
+            log.info("closed a request from %s: body not complete in %g s", self.client_address,
+                     self.body_timeout_s)
+
     def upgrade_websocket(self) -> Any:
-        if self.environ.get("PATH_INFO") != WS_PATH:
+        if self.environ.get("PATH_INFO") != WS_PATH or not wants_websocket(self.environ):
             return None  # not ours: Flask answers it as plain HTTP
-        if self.environ.get("HTTP_UPGRADE", "").lower() != "websocket":
-            return None
+        try:
+            check_upgrade(self.environ, self.request_version)
+        except HandshakeError as error:
+            _count_refusal("handshake")
+            return self._refuse(error.status, error.reason, error.headers)
         if self.service is None:
-            return self._refuse(Refusal("503 Service Unavailable", "the pipeline has not started"))
+            return self._refuse("503 Service Unavailable", "the pipeline has not started")
         try:
             self.service.hub.admit(self.environ)
         except Refusal as refusal:
-            return self._refuse(refusal)
+            return self._refuse(refusal.status, refusal.reason)
+        # gevent-websocket 0.10.1 compares the whole header with "websocket", not its tokens.
+        self.environ["HTTP_UPGRADE"] = "websocket"
         return super().upgrade_websocket()
 
-    def _refuse(self, refusal: Refusal) -> list[bytes]:
-        body = refusal.reason.encode() + b"\n"
-        self.start_response(refusal.status, [("Content-Type", "text/plain; charset=utf-8"),
-                                             ("Content-Length", str(len(body)))])
+    def _refuse(self, status: str, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
+        # One line, never the query string (it may carry a token).
+        log.info("refused a WebSocket upgrade from %s: %s (%s)", self.environ.get("REMOTE_ADDR"), reason,
+                 status[:3])
+        body = reason.encode() + b"\n"
+        self.start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                                     ("Content-Length", str(len(body))), *headers])
         return [body]
+
+
+def _count_refusal(reason: str) -> None:
+    metrics.HTTP_REFUSED.labels(reason).inc()
 
 
 class Worker(GeventWebSocketWorker):
@@ -115,6 +241,9 @@ def _client_address_behind_proxies(environ: dict[str, Any], trusted: tuple[Any, 
     """
     if not trusted or not _is_trusted(environ.get("REMOTE_ADDR", ""), trusted):
         return
+    proto = environ.get("HTTP_X_FORWARDED_PROTO", "").strip().lower()
+    if proto in ("http", "https"):  # how the browser reached the proxy: the viewer's Origin has this scheme
+        environ["wsgi.url_scheme"] = proto
     hops = [hop.strip() for hop in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _is_trusted(hop, trusted):
@@ -144,8 +273,11 @@ def post_worker_init(worker: Any) -> None:
     if service is None:
         worker.log.warning("the WSGI app was not made by logger.app.create_app: pipeline not started")
         return
-    worker.wsgi_handler = type("BoundUpgradeHandler", (worker.wsgi_handler,),
-                               {"service": service, "idle_timeout_s": max(worker.cfg.keepalive, 1)})
+    settings = service.settings
+    worker.wsgi_handler = type("BoundUpgradeHandler", (worker.wsgi_handler,), {
+        "service": service, "idle_timeout_s": max(worker.cfg.keepalive, 1),
+        "head_timeout_s": settings.http_head_timeout_s, "body_timeout_s": settings.http_body_timeout_s,
+        "max_header_bytes": settings.http_max_header_bytes})
     service.start()
     # Everything loaded so far (Flask, kafka-python, OpenTelemetry, protobuf...) lives
     # as long as the worker: move it out of the cyclic GC's reach. A full collection

@@ -4,7 +4,9 @@ Clients are grouped by filter. Each batch is serialised to JSON and framed
 once per group, then the same ``bytes`` are offered to every client of the
 group; :class:`WebSocketClient` makes that a single non-blocking send in the
 common case, so a slow client costs the others nothing. Every batch also goes
-into the replay ring, for ``?tail=K`` and for clients resuming ``?since=``.
+into the replay ring, for ``?tail=K`` and for clients resuming ``?since=``;
+a replay goes out a few hundred records at a time as the client reads it
+(``WebSocketClient.replay``), so a client that never reads costs one chunk.
 
 The hub admits or refuses upgrades (before the 101, see ``gunicorn_worker.py``),
 answers client messages (subscribe, pause, resume, ping), pings idle clients,
@@ -20,7 +22,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,6 +35,7 @@ import logger
 from logger import metrics
 from logger.config import Settings
 from logger.filters import EVERYTHING, Filter, FilterError
+from logger.memory import release_freed_memory
 from logger.records import LogRecord
 from logger.replay import Gap, Partition, ReplayRing, parse_positions
 from logger.ws_client import (
@@ -77,7 +80,9 @@ class Subscription:
         tail = 0
         if "tail" in query:
             raw = query["tail"][-1]
-            if not raw.isdigit() or int(raw) > max_tail:
+            # isdigit() alone lets "²" through (int() then raises), and int() of 4,300+
+            # digits raises too: ASCII digits, few of them, before converting.
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or int(raw) > max_tail:
                 raise Refusal("400 Bad Request", f"tail must be a whole number from 0 to {max_tail}")
             tail = int(raw)
         since = None
@@ -97,10 +102,12 @@ class Hub:
         self.settings = settings
         self._clients: set[WebSocketClient] = set()
         self._groups: dict[Filter, set[WebSocketClient]] = {}
+        self._regex_groups = 0  # groups whose filter has a regex
         self.ring = ReplayRing(settings.replay_records, settings.replay_bytes)
         self.counters: Counter[str] = Counter()
         self.accepting = True
         self.listening_since: float | None = None  # time.time() since when there has been a client
+        self._freed_backlogs = False  # a client with a backlog left since the last malloc_trim
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -112,12 +119,13 @@ class Hub:
 
         CORS does not protect WebSockets: a page on any origin may open one.
         A browser always sends ``Origin``, so one that is neither a configured
-        front end nor this service's own host (its viewer) is refused;
-        non-browser clients (wscat, services) send none and are let in.
+        front end nor a page of this service itself (its viewer, see
+        :func:`own_page`) is refused; non-browser clients (wscat, services)
+        send none and are let in.
         """
         origin = environ.get("HTTP_ORIGIN")
         if origin and origin.rstrip("/").lower() not in self.settings.cors_origins \
-                and not _same_host(origin, environ.get("HTTP_HOST", "")):
+                and not own_page(origin, environ, self.settings.allowed_hosts):
             self.counters["refused_origin"] += 1
             raise Refusal("403 Forbidden", f"origin {origin!r} is not allowed")
         if not self.accepting:
@@ -126,11 +134,30 @@ class Hub:
             self.counters["refused_full"] += 1
             raise Refusal("503 Service Unavailable", f"this worker already has {len(self._clients)} clients")
         try:
-            environ[SUBSCRIPTION_KEY] = Subscription.from_query_string(environ.get("QUERY_STRING", ""),
-                                                                       self.settings.replay_records)
+            subscription = Subscription.from_query_string(environ.get("QUERY_STRING", ""),
+                                                          self.settings.replay_records)
         except Refusal:
             self.counters["refused_bad_request"] += 1
             raise
+        if not self._room_for(subscription.filter):
+            self.counters["refused_regex"] += 1
+            raise Refusal("503 Service Unavailable", self._no_room)
+        environ[SUBSCRIPTION_KEY] = subscription
+
+    @property
+    def _no_room(self) -> str:
+        return (f"this worker already filters with {self.settings.max_regex_filters} different regular "
+                "expressions: use one of those, or try again later")
+
+    def _room_for(self, wanted: Filter, client: WebSocketClient | None = None) -> bool:
+        """Each distinct filter with a regex is matched against every record of every batch,
+        in the event loop: their number is bounded (``WS_MAX_REGEX_FILTERS``). A client
+        that is alone in its regex group frees that place by moving."""
+        if wanted.regex is None or wanted in self._groups:
+            return True
+        current = client.subscription if client is not None else None
+        freed = current is not None and current.regex is not None and self._groups.get(current) == {client}
+        return self._regex_groups - freed < self.settings.max_regex_filters
 
     def attach(self, client: WebSocketClient, subscription: Subscription | None = None,
                initial: bytes = b"") -> None:
@@ -154,7 +181,7 @@ class Hub:
         else:
             replay = self.ring.tail(subscription.filter, subscription.tail) if subscription.tail else []
         if replay:
-            client.send(_logs_frame([r.to_client() for r in replay], replay=True), droppable=False)
+            client.replay(_replay_frames(replay))
         if client.closed:  # it hung up during the greeting
             return
         if not self._clients:
@@ -168,7 +195,10 @@ class Hub:
     def _join(self, client: WebSocketClient, wanted: Filter) -> None:
         self._leave(client)
         client.subscription = wanted
-        self._groups.setdefault(wanted, set()).add(client)
+        if wanted not in self._groups:
+            self._groups[wanted] = set()
+            self._regex_groups += wanted.regex is not None
+        self._groups[wanted].add(client)
 
     def _leave(self, client: WebSocketClient) -> None:
         members = self._groups.get(client.subscription)
@@ -176,8 +206,11 @@ class Hub:
             members.discard(client)
             if not members:
                 del self._groups[client.subscription]
+                self._regex_groups -= client.subscription.regex is not None
 
     def _detach(self, client: WebSocketClient) -> None:
+        if client.had_backlog:
+            self._freed_backlogs = True
         self._clients.discard(client)
         if not self._clients:
             self.listening_since = None
@@ -196,6 +229,8 @@ class Hub:
                 wanted = Filter.from_message(message)
             except FilterError as exc:
                 return self._reply(client, {"type": "error", "error": str(exc)})
+            if not self._room_for(wanted, client):
+                return self._reply(client, {"type": "error", "error": self._no_room})
             self._join(client, wanted)
             return self._reply(client, {"type": "subscribed", "filter": wanted.describe()})
         if kind == "pause":
@@ -279,6 +314,9 @@ class Hub:
                 else:
                     client.check_stall()
             report_drops()  # those of paused clients, which no fan-out reports
+            if self._freed_backlogs:  # see logger.memory: give their frames' pages back
+                self._freed_backlogs = False
+                release_freed_memory()
 
     def close_all(self, timeout: float, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
         """Refuse new clients, send every client a close frame, wait for them to go."""
@@ -293,9 +331,47 @@ class Hub:
 
 
 
-def _same_host(origin: str, host: str) -> bool:
-    """A page served by this very service (the viewer, say): its origin names our Host."""
-    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+DEFAULT_PORTS = {"http": 80, "https": 443}
+REPLAY_FRAME_RECORDS = 200  # records per replay message: at most this many encoded at once per client
+REPLAY_FRAME_BYTES = 64 << 10  # …or about this many bytes of record values
+
+
+def own_page(origin: str, environ: dict[str, Any], allowed_hosts: Sequence[str]) -> bool:
+    """A page served by this very service (its viewer): the Origin's scheme, host and
+    port are those this request came in on, and the host is one of ``ALLOWED_HOSTS``.
+
+    ``Host`` alone proves nothing: a DNS-rebinding page at
+    ``http://attacker.example:6006`` reaches us with ``Host: attacker.example:6006``
+    and that very Origin. So the name must be listed, and the scheme must be the
+    request's (``X-Forwarded-Proto`` counts only from ``TRUSTED_PROXIES``; see
+    ``gunicorn_worker``). A ``Host`` without a port (nginx's ``$host``) means the
+    scheme's default port.
+    """
+    try:
+        page, served = urlsplit(origin), urlsplit("//" + environ.get("HTTP_HOST", ""))
+        page_port, served_port = page.port, served.port
+    except ValueError:  # a port that is not a number
+        return False
+    scheme = environ.get("wsgi.url_scheme", "http")
+    if page.scheme != scheme or page.path not in ("", "/") or not page.hostname or page.username is not None:
+        return False
+    name = page.netloc.lower().rpartition(":")[0] if page_port is not None else page.netloc.lower()
+    if name.rstrip(".") not in allowed_hosts:
+        return False
+    default = DEFAULT_PORTS[scheme] if scheme in DEFAULT_PORTS else None
+    return served.hostname == page.hostname and (served_port or default) == (page_port or default)
+
+
+def _replay_frames(records: list[LogRecord]) -> Iterator[bytes]:
+    """The replay as several ``logs`` messages, encoded one at a time as the client drains them."""
+    start = 0
+    while start < len(records):
+        end, size = start, 0
+        while end < len(records) and end - start < REPLAY_FRAME_RECORDS and size < REPLAY_FRAME_BYTES:
+            size += records[end].size
+            end += 1
+        yield _logs_frame([r.to_client() for r in records[start:end]], replay=True)
+        start = end
 
 
 def _logs_frame(records: list[dict[str, Any]], replay: bool = False) -> bytes:

@@ -46,6 +46,9 @@ CONSUMER_LAG = Gauge("logger_consumer_lag_records", "Records behind the end, per
 CLIENTS = Gauge("logger_ws_clients", "Connected WebSocket clients", multiprocess_mode="livesum")
 DROPPED_BATCHES = Counter("logger_ws_dropped_batches_total", "Batches dropped for slow or paused clients")
 CLIENTS_CLOSED = Counter("logger_ws_closed_total", "WebSocket clients closed by the server", ["reason"])
+HTTP_REFUSED = Counter("logger_http_refused_total",
+                       "Requests refused or cut by a bound (head/body deadline, header bytes, bad handshake)",
+                       ["reason"])
 READER_UP = Gauge("logger_reader_up", "1 when the reader is connected and reading, per worker", ["path"],
                   multiprocess_mode="liveall")
 

@@ -17,6 +17,21 @@ the handler, the WSGI environ, an 8 KB read buffer). We parse frames ourselves
 rather than use gevent-websocket's ``WebSocket`` because that class never puts
 the close code in its close frame and writes pongs with a blocking ``sendall``
 that could interleave with our frames (gevent-websocket 0.10.1).
+
+Every cost a peer can cause is bounded here, where it is caused (issue 12):
+one read callback parses at most ``READ_BYTES`` new bytes, and each frame in
+them costs O(1) besides its payload; messages that cost more (a subscribe with
+a new regular expression) are handled one ``WORK_SLICE_S`` at a time, reading
+paused meanwhile so that TCP pushes back on the peer (running totals, a partial frame waits in
+one ``bytearray`` and is never re-copied); a message may come in at most
+``max_fragments`` pieces; pongs are coalesced (RFC 6455 §5.5.3 lets us answer
+only the latest ping); frames that cannot be dropped (replies, pongs, replay)
+are charged to the same ``max_pending`` bound, with a per-frame overhead, and
+a client past it is closed with 1008 instead of being queued for forever;
+dropping a batch costs O(1) (``_droppable`` keeps them in order); and a replay
+is encoded a chunk at a time as the socket drains, while live batches wait
+within the bound, so a client that never reads holds one chunk, not a copy
+of the ring.
 """
 
 from __future__ import annotations
@@ -26,7 +41,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -46,6 +61,14 @@ INVALID_PAYLOAD, POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LA
 
 CLOSE_WAIT_S = 2.0  # how long a closing client may take to answer our close frame
 DRAIN_FRAMES = 64  # queued frames a backlogged client's writer hands the kernel at once (IOV_MAX is 1024)
+READ_BYTES = 4 << 10  # new input one read callback parses before the loop serves anyone else (~680 tiny frames)
+WORK_SLICE_S = 0.005  # past this, a read callback stops parsing and reading, and goes on at the loop's next turn
+REPLAY_AHEAD_BYTES = 64 << 10  # a replay is encoded only while less than this is queued
+QUEUED_FRAME_COST = 128  # what one queued undroppable frame costs beyond its bytes: entry, deque slot, bytes header
+
+# A queued frame: [frame, droppable, cost charged to the undroppable total]. A list, so that
+# dropping a batch (frame → b"") and coalescing a pong (frame replaced) are O(1) in place.
+Entry = list
 
 
 _drops_unreported = 0
@@ -103,13 +126,15 @@ class WebSocketClient:
     any greenlet (the callbacks given to :meth:`start` run in gevent's hub)."""
 
     # __slots__ keeps an idle connection small: 10,000 of them is the design point.
-    __slots__ = ("sock", "_raw", "address", "max_pending", "max_message_bytes", "stall_timeout_s",
-                 "_pending", "_pending_bytes", "_writer", "dropped", "closing", "closed",
-                 "last_seen", "last_progress", "_inbox", "_fragments", "_discarding", "_watcher",
-                 "_on_text", "_on_close", "_held", "_held_bytes", "subscription", "__weakref__")
+    __slots__ = ("sock", "_raw", "address", "max_pending", "max_message_bytes", "max_fragments",
+                 "stall_timeout_s", "_pending", "_pending_bytes", "_droppable", "_undroppable_cost", "_pong",
+                 "_writer", "dropped", "closing", "closed", "last_seen", "last_progress", "_inbox", "_fragments",
+                 "_fragment_bytes", "_discarding", "_watcher", "_on_text", "_on_close", "_held", "_held_bytes",
+                 "_user_paused", "_replay", "had_backlog", "_yielding", "subscription", "__weakref__")
 
     def __init__(self, sock: socket.socket, address: str = "", *, max_pending: int = 4 << 20,
-                 max_message_bytes: int = 64 << 10, stall_timeout_s: float = 30.0) -> None:
+                 max_message_bytes: int = 64 << 10, max_fragments: int = 128,
+                 stall_timeout_s: float = 30.0) -> None:
         self.sock = sock
         # gevent's socket wraps a real non-blocking socket; sending and receiving on
         # that one directly either moves bytes or raises BlockingIOError: no switch.
@@ -117,23 +142,33 @@ class WebSocketClient:
         self.address = address
         self.max_pending = max_pending
         self.max_message_bytes = max_message_bytes
+        self.max_fragments = max_fragments
         self.stall_timeout_s = stall_timeout_s
-        self._pending: deque[tuple[memoryview | bytes, bool]] | None = None
+        # The backlog exists only while a writer greenlet does (see send()).
+        self._pending: deque[Entry] | None = None
         self._pending_bytes = 0
+        self._droppable: deque[Entry] | None = None  # the queued batches not yet dropped, oldest first
+        self._undroppable_cost = 0  # bytes + QUEUED_FRAME_COST of each queued frame that must go out
+        self._pong: Entry | None = None  # a queued pong not yet started: the next ping replaces its payload
         self._writer: gevent.Greenlet | None = None
         self.dropped = 0
         self.closing = False
         self.closed = False
         self.last_seen = time.monotonic()
         self.last_progress = 0.0  # when the writer last finished a frame (while backlogged)
-        self._inbox = b""  # bytes of an incomplete frame; empty while idle
+        self._inbox: bytearray | None = None  # bytes of an incomplete frame; None while idle
         self._fragments: list[bytes] | None = None
+        self._fragment_bytes = 0
         self._discarding = False
         self._watcher: Any = None
         self._on_text: Callable[[WebSocketClient, str], None] | None = None
         self._on_close: Callable[[WebSocketClient], None] | None = None
-        self._held: deque[bytes] | None = None  # batches kept while the client paused
+        self._held: deque[bytes] | None = None  # batches kept while the client paused or replays
         self._held_bytes = 0
+        self._user_paused = False
+        self._replay: Iterator[bytes] | None = None  # replay frames still to encode and send
+        self.had_backlog = False  # ever needed a writer: its frames' memory is worth giving back
+        self._yielding = False  # reading paused until the loop's next turn (see _receive)
         self.subscription: Any = None  # what the hub filters for this client
 
     def start(self, on_text: Callable[[WebSocketClient, str], None],
@@ -157,20 +192,43 @@ class WebSocketClient:
 
     @property
     def paused(self) -> bool:
-        return self._held is not None
+        return self._user_paused
 
     def pause(self) -> None:
         """Hold batches (not control frames) until :meth:`resume`, within the same bound."""
+        self._user_paused = True
         if self._held is None:
             self._held = deque()
 
     def resume(self) -> None:
+        self._user_paused = False
+        if self._replay is None:  # else the replay's end releases them
+            self._release_held()
+        if self.dropped and self._writer is None:  # everything held went out at once
+            self.send(encode_message({"type": "dropped", "count": self.dropped}), droppable=False)
+            self.dropped = 0
+
+    def _release_held(self) -> None:
         held, self._held, self._held_bytes = self._held, None, 0
         for frame in held or ():
             self.send(frame)
-        if self.dropped and not self._pending:  # everything held went out at once
-            self.send(encode_message({"type": "dropped", "count": self.dropped}), droppable=False)
-            self.dropped = 0
+
+    def replay(self, frames: Iterable[bytes]) -> None:
+        """Send ``frames`` (encoded lazily, one at a time) before any live batch.
+
+        The writer greenlet pulls the next frame only once the socket took the
+        last one, and live batches are held meanwhile (within ``max_pending``,
+        oldest dropped first). So a replay costs what the peer actually reads:
+        120 connections asking for the whole ring and never reading hold 120
+        chunks, not 120 encodings of it (issue 12).
+        """
+        if self.closing or self.closed:
+            return
+        self._replay = iter(frames)
+        if self._held is None:
+            self._held = deque()
+        if self._writer is None:
+            self._start_writer(deque(), 0)
 
     def send(self, frame: bytes, droppable: bool = True) -> None:
         """Queue one encoded frame; drop old batches rather than grow past the bound."""
@@ -184,10 +242,8 @@ class WebSocketClient:
                 self.dropped += 1
                 _count_drop()
             return
-        if self._pending:  # stuck for good? the hub's keepalive calls check_stall() every second
-            self._pending.append((frame, droppable))
-            self._pending_bytes += len(frame)
-            self._enforce_bound()
+        if self._writer is not None:  # backlogged; the hub's keepalive calls check_stall() every second
+            self._enqueue(frame, droppable)
             return
         try:
             sent = self._raw.send(frame)
@@ -198,46 +254,84 @@ class WebSocketClient:
             return
         if sent < len(frame):
             # The head frame is partly on the wire: it must finish, so it is not droppable.
-            self._pending = deque([(memoryview(frame)[sent:], False)])
-            self._pending_bytes = len(frame) - sent
-            self.last_progress = time.monotonic()
-            self._writer = gevent.spawn(self._drain)
+            self._start_writer(deque([[memoryview(frame)[sent:], False, 0]]), len(frame) - sent)
 
-    def _enforce_bound(self) -> None:
-        """Over ``max_pending``: drop the oldest batches, keeping the head (it may be
-        partly on the wire) and every control frame. Walks only what it drops."""
-        pending = self._pending
-        assert pending is not None
-        if self._pending_bytes <= self.max_pending or len(pending) < 2:
+    def _start_writer(self, pending: deque[Entry], size: int) -> None:
+        self._pending, self._pending_bytes = pending, size
+        self._droppable, self._undroppable_cost, self._pong = deque(), 0, None
+        self.last_progress = time.monotonic()
+        self.had_backlog = True
+        self._writer = gevent.spawn(self._drain)
+
+    def _enqueue(self, frame: bytes, droppable: bool, charged: bool = True) -> Entry | None:
+        """Queue behind the backlog. O(1) amortised: each batch is dropped at most once.
+
+        Undroppable frames are ``charged`` to the client's bound, except replay
+        frames: the writer pulls one only while little is queued, so they are
+        bounded where they are made.
+        """
+        assert self._pending is not None and self._droppable is not None
+        cost = len(frame) + QUEUED_FRAME_COST if charged and not droppable else 0
+        entry: Entry = [frame, droppable, cost]
+        self._pending.append(entry)
+        self._pending_bytes += len(frame)
+        self._undroppable_cost += cost
+        if droppable:
+            self._droppable.append(entry)
+        droppable_queue = self._droppable
+        while self._pending_bytes > self.max_pending and droppable_queue:
+            oldest = droppable_queue.popleft()
+            self._pending_bytes -= len(oldest[0])
+            oldest[0], oldest[1] = b"", False
+            self.dropped += 1
+            _count_drop()
+        if self._undroppable_cost > self.max_pending:
+            # Replies it does not read, faster than it reads them: serving it for
+            # ever would cost memory without end, and dropping replies would break
+            # the protocol. Hang up (1008), as with a client that takes nothing.
+            self._give_up("client does not read its replies", "overflow")
+            return None
+        return entry
+
+    def _answer_ping(self, payload: bytes) -> None:
+        """Pong, coalesced: while one is still queued untouched, it just takes the newer payload."""
+        if self.closing or self.closed:
             return
-        head = pending.popleft()
-        controls = []
-        while pending and self._pending_bytes > self.max_pending:
-            frame, droppable = pending.popleft()
-            if droppable:
-                self._pending_bytes -= len(frame)
-                self.dropped += 1
-                _count_drop()
-            else:
-                controls.append((frame, droppable))
-        pending.extendleft(reversed(controls))
-        pending.appendleft(head)
+        frame = encode_frame(payload, OP_PONG)
+        queued = self._pong
+        if queued is not None:
+            growth = len(frame) - len(queued[0])
+            queued[0] = frame
+            queued[2] += growth
+            self._pending_bytes += growth
+            self._undroppable_cost += growth
+        elif self._writer is None:
+            self.send(frame, droppable=False)
+        else:
+            entry = self._enqueue(frame, False)
+            if not self.closing:
+                self._pong = entry
 
     def check_stall(self) -> None:
         """Give up on a backlogged peer that has taken nothing for ``stall_timeout_s``."""
         if self._pending and not self.closing and time.monotonic() - self.last_progress > self.stall_timeout_s:
-            self._give_up()
+            self._give_up("client too slow", "slow")
 
-    def _give_up(self) -> None:
-        """The peer has taken nothing for ``stall_timeout_s``: drop what is queued,
-        leave a 1008 close frame behind the partly sent one, and hang up soon."""
+    def _give_up(self, reason: str, counted_as: str) -> None:
+        """Drop what is queued, leave a 1008 close frame behind the partly sent one, and hang up soon."""
         assert self._pending is not None
-        head = self._pending.popleft()
-        goodbye = close_frame(POLICY_VIOLATION, "client too slow")
-        self._pending = deque([head, (goodbye, False)])
-        self._pending_bytes = len(head[0]) + len(goodbye)
+        goodbye: Entry = [close_frame(POLICY_VIOLATION, reason), False, 0]
+        kept = deque([goodbye])
+        if self._pending:
+            head = self._pending[0]  # may be partly on the wire: it must finish
+            head[1], head[2] = False, 0
+            kept.appendleft(head)
+        self._pending = kept
+        self._pending_bytes = sum(len(entry[0]) for entry in kept)  # two entries
+        self._droppable, self._undroppable_cost, self._pong = deque(), 0, None
+        self._replay, self._held, self._held_bytes = None, None, 0
         self.closing = True
-        metrics.CLIENTS_CLOSED.labels("slow").inc()
+        metrics.CLIENTS_CLOSED.labels(counted_as).inc()
         gevent.spawn_later(CLOSE_WAIT_S, self.abort)
 
     def _drain(self) -> None:
@@ -248,44 +342,82 @@ class WebSocketClient:
         (gevent's ``sendall`` per frame cost three times as much: it asks the kernel
         for SO_SNDBUF and slices the frame on every call. When the load clients
         fell behind, that path took two thirds of the worker's CPU.)
+        A replay is pulled a frame at a time, yielding between frames.
         """
         hub = get_hub()
+        if self.closed or self._raw.fileno() < 0:  # closed before this greenlet first ran
+            self._pending = self._droppable = self._pong = None
+            self._writer = None
+            return
         writable = hub.loop.io(self._raw.fileno(), 2)  # 2: writable
         try:
-            while self._pending:
+            while True:
+                self._forget_sent(0)  # batches dropped at the front
+                if self._pending_bytes < REPLAY_AHEAD_BYTES and self._next_replay_frame():
+                    gevent.sleep(0)  # one chunk encoded: let the others run
+                    continue
+                if not self._pending:
+                    if self.dropped and not self.closing and self._held is None:
+                        notice = encode_message({"type": "dropped", "count": self.dropped})
+                        self.dropped = 0
+                        self._enqueue(notice, False)
+                        continue
+                    break
                 try:
-                    sent = self._raw.sendmsg([frame for frame, _ in islice(self._pending, DRAIN_FRAMES)])
+                    sent = self._raw.sendmsg([entry[0] for entry in islice(self._pending, DRAIN_FRAMES)])
                 except BlockingIOError:
                     hub.wait(writable)
                     continue
                 self.last_progress = time.monotonic()
                 self._forget_sent(sent)
-                if not self._pending and self.dropped and not self.closing:
-                    notice = encode_message({"type": "dropped", "count": self.dropped})
-                    self.dropped = 0
-                    self._pending.append((notice, False))
-                    self._pending_bytes += len(notice)
         except OSError:
             self._writer = None
             self.abort()
         finally:
             writable.close()
-            self._pending = None
-            self._pending_bytes = 0
+            self._pending = self._droppable = self._pong = None
+            self._pending_bytes = self._undroppable_cost = 0
             self._writer = None
 
+    def _next_replay_frame(self) -> bool:
+        """Queue the next replay frame; at the end, release the batches held meanwhile.
+        False when there is nothing more to write."""
+        if self._replay is None or self.closing:
+            return False
+        frame = next(self._replay, None)
+        if frame is None:
+            self._replay = None
+            if not self._user_paused:
+                self._release_held()  # queued behind us: the writer goes on with them
+            return bool(self._pending)
+        self._enqueue(frame, False, charged=False)
+        return True
+
     def _forget_sent(self, sent: int) -> None:
-        """Take ``sent`` bytes off the front of the queue; a frame left partly sent is kept, undroppable."""
-        pending = self._pending
-        assert pending is not None
+        """Take ``sent`` bytes off the front of the queue (and any dropped batches there);
+        a frame left partly sent is kept, undroppable."""
+        pending, droppable = self._pending, self._droppable
+        assert pending is not None and droppable is not None
         self._pending_bytes -= sent
-        while sent:
-            frame, _ = pending[0]
-            if sent < len(frame):
-                pending[0] = (memoryview(frame)[sent:], False)
+        while pending:
+            entry = pending[0]
+            size = len(entry[0])
+            if sent < size:
+                if sent:
+                    if entry[1]:  # the oldest batch still queued: now it must finish
+                        droppable.popleft()
+                        entry[1] = False
+                    entry[0] = memoryview(entry[0])[sent:]
+                    if entry is self._pong:
+                        self._pong = None
                 return
-            sent -= len(frame)
+            sent -= size
             pending.popleft()
+            if entry[1]:
+                droppable.popleft()
+            self._undroppable_cost -= entry[2]
+            if entry is self._pong:
+                self._pong = None
 
     def close(self, code: int = NORMAL, reason: str = "") -> None:
         """Start the closing handshake; the socket is shut if the peer doesn't answer in time."""
@@ -304,7 +436,7 @@ class WebSocketClient:
 
     def _on_readable(self) -> None:
         try:
-            data = self._raw.recv(1 << 16)
+            data = self._raw.recv(READ_BYTES)
         except BlockingIOError:
             return
         except OSError:
@@ -315,11 +447,20 @@ class WebSocketClient:
         self._receive(data)
 
     def _receive(self, data: bytes) -> None:
+        """Parse the complete frames in what arrived; keep an incomplete one for later.
+
+        A frame trickled in a byte at a time is appended to one ``bytearray``
+        and its header re-read, never the whole buffer re-copied per read.
+        """
         self.last_seen = time.monotonic()
         if self._discarding:
             return
-        buffer = self._inbox + data if self._inbox else data
+        inbox = self._inbox
+        if inbox is not None:
+            inbox += data
+        buffer: bytes | bytearray = inbox if inbox is not None else data
         offset = 0
+        deadline = time.monotonic() + WORK_SLICE_S
         try:
             while not self.closed:
                 frame = parse_frame(buffer, offset, self.max_message_bytes)
@@ -327,6 +468,9 @@ class WebSocketClient:
                     break
                 fin, opcode, payload, offset = frame
                 self._handle_frame(fin, opcode, payload)
+                if offset < len(buffer) and time.monotonic() > deadline:
+                    self._yield_reading()
+                    break
         except ProtocolViolation as exc:
             log.info("closing WebSocket %s: %s (%d)", self.address, exc.reason, exc.code)
             metrics.CLIENTS_CLOSED.labels("protocol").inc()
@@ -336,28 +480,51 @@ class WebSocketClient:
             # kernel send a reset, and the peer would lose our close frame and code.
             self._discarding = True
             offset = len(buffer)
-        self._inbox = buffer[offset:]
+        if offset >= len(buffer):
+            self._inbox = None
+        elif inbox is None:
+            self._inbox = bytearray(memoryview(buffer)[offset:])
+        elif offset:
+            del inbox[:offset]
+
+    def _yield_reading(self) -> None:
+        """Out of time with input left: let the loop serve the others first. Reading
+        stops meanwhile, so what the peer sends waits in the kernel, not in our inbox."""
+        if self._watcher is not None and not self._yielding:
+            self._yielding = True
+            self._watcher.stop()
+            get_hub().loop.run_callback(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._yielding = False
+        if self.closed or self._watcher is None:
+            return
+        self._receive(b"")  # what is left in the inbox
+        if not self._yielding and not self.closed and self._watcher is not None:
+            self._watcher.start(self._on_readable)
 
     def _handle_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
-            self.send(encode_frame(payload, OP_PONG), droppable=False)
+            self._answer_ping(payload)
         elif opcode == OP_PONG:
             pass  # last_seen is all a pong is for
         elif opcode == OP_CLOSE:
             if self.closing:  # the answer to our close: done
                 self.abort()
             else:  # the peer closes: answer with its code, then hang up
-                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else NORMAL
-                self.close(code if _echoable(code) else NORMAL)
+                self.close(_close_code(payload))
                 self.abort_when_flushed()
         elif opcode == OP_CONTINUATION:
             if self._fragments is None:
                 raise ProtocolViolation(PROTOCOL_ERROR, "continuation frame without a message")
             self._fragments.append(payload)
-            if sum(map(len, self._fragments)) > self.max_message_bytes:
+            self._fragment_bytes += len(payload)  # a running total: O(1) per fragment
+            if self._fragment_bytes > self.max_message_bytes:
                 raise ProtocolViolation(MESSAGE_TOO_BIG, f"message larger than {self.max_message_bytes} bytes")
+            if len(self._fragments) > self.max_fragments:
+                raise ProtocolViolation(POLICY_VIOLATION, f"message in more than {self.max_fragments} fragments")
             if fin:
-                message, self._fragments = b"".join(self._fragments), None
+                message, self._fragments, self._fragment_bytes = b"".join(self._fragments), None, 0
                 self._deliver(message)
         elif self._fragments is not None:
             raise ProtocolViolation(PROTOCOL_ERROR, "new message inside a fragmented one")
@@ -366,7 +533,7 @@ class WebSocketClient:
         elif fin:
             self._deliver(payload)
         else:
-            self._fragments = [payload]
+            self._fragments, self._fragment_bytes = [payload], len(payload)
 
     def _deliver(self, payload: bytes) -> None:
         try:
@@ -391,7 +558,8 @@ class WebSocketClient:
             self._watcher = None
         if self._writer is not None and self._writer is not gevent.getcurrent():
             self._writer.kill(block=False)
-        self._pending, self._inbox, self._fragments, self._held = None, b"", None, None
+        self._pending, self._inbox, self._fragments, self._held = None, None, None, None
+        self._droppable, self._pong, self._replay = None, None, None
         try:
             self.sock.close()
         except OSError:
@@ -401,7 +569,8 @@ class WebSocketClient:
             on_close(self)
 
 
-def parse_frame(buffer: bytes, offset: int, max_message_bytes: int) -> tuple[bool, int, bytes, int] | None:
+def parse_frame(buffer: bytes | bytearray, offset: int, max_message_bytes: int
+                ) -> tuple[bool, int, bytes, int] | None:
     """One client frame from ``buffer[offset:]``: (fin, opcode, payload, next offset),
     or None while incomplete. Raises ProtocolViolation as soon as the header is wrong."""
     available = len(buffer) - offset
@@ -436,11 +605,27 @@ def parse_frame(buffer: bytes, offset: int, max_message_bytes: int) -> tuple[boo
     return fin, opcode, _unmask(payload, mask) if length else b"", end
 
 
-def _unmask(data: bytes, mask: bytes) -> bytes:
+def _unmask(data: bytes | bytearray, mask: bytes | bytearray) -> bytes:
     # XOR as one big integer: far faster in CPython than a byte loop.
     length = len(data)
     key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
     return (int.from_bytes(data, "big") ^ key).to_bytes(length, "big")
+
+
+def _close_code(payload: bytes) -> int:
+    """The code to answer a peer's close frame with, after checking it (RFC 6455 §5.5.1, §7.4)."""
+    if not payload:
+        return NORMAL
+    if len(payload) == 1:
+        raise ProtocolViolation(PROTOCOL_ERROR, "close frame with a 1-byte payload")
+    code = struct.unpack_from("!H", payload)[0]
+    if not _echoable(code):  # 1005, 1006 and 1015 are never sent; others are unassigned
+        raise ProtocolViolation(PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        bytes(payload[2:]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolViolation(INVALID_PAYLOAD, "close reason is not valid UTF-8") from None
+    return code
 
 
 def _echoable(code: int) -> bool:

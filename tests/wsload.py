@@ -47,15 +47,20 @@ def handshake(host: str, port: int, path: str = "/ws", origin: str | None = None
     if origin:
         headers.append(f"Origin: {origin}")
     sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
+    head, _, rest = read_response_head(sock).partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return sock, status, rest
+
+
+def read_response_head(sock: socket.socket) -> bytes:
+    """Read until the end of an HTTP response head (or EOF); returns all that was read."""
     response = b""
     while b"\r\n\r\n" not in response:
         chunk = sock.recv(4096)
         if not chunk:
             break
         response += chunk
-    head, _, rest = response.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1]) if head else 0
-    return sock, status, rest
+    return response
 
 
 def masked_frame(payload: bytes, opcode: int = 0x1) -> bytes:

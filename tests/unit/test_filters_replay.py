@@ -100,9 +100,13 @@ class FakeClient:
         self.frames: list[bytes] = []
         self.subscription = None
         self.closing = self.closed = False
+        self.had_backlog = False
 
     def send(self, frame: bytes, droppable: bool = True) -> None:
         self.frames.append(frame)
+
+    def replay(self, frames) -> None:
+        self.frames.extend(frames)
 
     def start(self, on_text, on_close, initial=b"") -> None:
         self.on_text, self.on_close = on_text, on_close
@@ -196,7 +200,7 @@ def test_a_ring_that_started_late_reports_what_came_before_as_a_gap():
 
 
 def test_the_services_own_pages_may_open_websockets():
-    hub = Hub(Settings())
+    hub = Hub(Settings(allowed_hosts=("logs.example.com",)))
     hub.admit({"HTTP_ORIGIN": "http://logs.example.com:6006", "HTTP_HOST": "logs.example.com:6006"})
     with pytest.raises(Refusal):
         hub.admit({"HTTP_ORIGIN": "http://evil.example.com", "HTTP_HOST": "logs.example.com:6006"})

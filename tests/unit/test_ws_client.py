@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 import gevent
 import orjson
@@ -267,3 +268,177 @@ def test_a_client_sending_random_bytes_is_closed_cleanly_or_left_waiting(data):
                                        or 1000 <= close_code(payload) <= 4999)
     client.abort()
     peer.close()
+
+
+# -- bounds on what one peer can cost (issue 12) ---------------------------------------
+
+
+def test_a_message_in_too_many_fragments_is_closed_with_1008():
+    server, peer = socket.socketpair()
+    client = WebSocketClient(server, "fragments", max_fragments=16)
+    ended = serve(client, [])
+    # Empty continuation frames never reach the byte cap: only the fragment count stops them.
+    peer.sendall(masked(b"a", fin=False) + masked(b"", opcode=0, fin=False) * 200)
+    with gevent.Timeout(5):
+        opcode, payload = read_frame(peer)
+    assert opcode == OP_CLOSE and close_code(payload) == 1008
+    peer.close()
+    wait_for(lambda: ended == [client])
+
+
+def test_fragments_are_summed_as_they_come_and_the_total_is_capped(pair):
+    client, peer = pair  # max_message_bytes 1024
+    serve(client, [])
+    peer.sendall(masked(b"x" * 100, fin=False) + masked(b"y" * 100, opcode=0, fin=False) * 10)
+    with gevent.Timeout(5):
+        opcode, payload = read_frame(peer)
+    assert opcode == OP_CLOSE and close_code(payload) == 1009
+
+
+def test_a_frame_trickled_in_is_appended_to_one_buffer_not_copied_per_read(pair):
+    client, _ = pair
+    received: list[str] = []
+    client.start(lambda _c, text: received.append(text), lambda _c: None)
+    frame = masked(b"z" * 1000)
+    client._receive(frame[:10])
+    inbox = client._inbox
+    for i in range(10, len(frame) - 1):
+        client._receive(frame[i:i + 1])
+        assert client._inbox is inbox, "the same buffer grows; nothing is re-copied"
+    client._receive(frame[-1:])
+    assert received == ["z" * 1000] and client._inbox is None
+
+
+def fill_until_backlogged(client, peer) -> None:
+    """Send batches until the client has a writer (the peer does not read)."""
+    batch = encode_frame(b"f" * 8192)
+    while client._writer is None:
+        client.send(batch)
+
+
+def test_pings_from_a_peer_that_does_not_read_are_answered_by_one_pong_with_the_latest_payload(tcp_pair):
+    client, peer = tcp_pair
+    client.start(lambda _c, _t: None, lambda _c: None)
+    fill_until_backlogged(client, peer)
+    for number in range(2000):
+        client._receive(masked(b"%d" % number, OP_PING))
+    pongs_queued = sum(1 for entry in client._pending if entry[0][:1] == bytes([0x80 | OP_PONG]))
+    assert pongs_queued == 1, "pongs are coalesced (RFC 6455 §5.5.3)"
+    assert len(client._pending) < 20
+    pongs = []
+    with gevent.Timeout(10):
+        while not client.closed and client._writer is not None or not pongs:
+            opcode, payload = read_frame(peer)
+            if opcode == OP_PONG:
+                pongs.append(payload)
+    assert pongs == [b"1999"]
+
+
+def test_a_peer_whose_unread_replies_pass_the_bound_is_closed_with_1008(tcp_pair):
+    client, peer = tcp_pair  # max_pending 64 KiB
+    fill_until_backlogged(client, peer)
+    reply = encode_frame(b'{"type":"pong"}')
+    sent = 0
+    while not client.closing:
+        client.send(reply, droppable=False)
+        sent += 1
+        assert sent < 10_000, "never closed"
+    # Each queued reply is charged its bytes plus its bookkeeping: far fewer than 64 KiB / 17 fit.
+    assert sent < (64 << 10) // 17
+    assert len(client._pending) <= 2  # the partly sent head and the close frame
+    codes = []
+    with gevent.Timeout(10):
+        while not codes:
+            opcode, payload = read_frame(peer)
+            if opcode == OP_CLOSE:
+                codes.append(close_code(payload))
+    assert codes == [1008]
+
+
+def test_dropping_batches_behind_many_queued_replies_does_not_walk_them(tcp_pair):
+    client, peer = tcp_pair
+    fill_until_backlogged(client, peer)
+    for _ in range(300):  # queued control replies, interleaved with batches
+        client.send(encode_frame(b"r"), droppable=False)
+    batch = encode_frame(b"b" * 4096)
+    for _ in range(200):
+        client.send(batch)
+    assert client.pending_bytes <= (64 << 10)
+    assert len(client._droppable) <= (64 << 10) // 4096
+    assert sum(1 for entry in client._pending if entry[1]) == len(client._droppable)
+
+
+def test_a_replay_is_encoded_as_the_peer_reads_and_live_batches_wait_behind_it(tcp_pair):
+    client, peer = tcp_pair  # small kernel buffers, 64 KiB bound
+    encoded = []
+
+    def chunks():
+        for number in range(200):
+            encoded.append(number)
+            yield encode_frame(b"R%04d" % number + b"r" * 2000)
+
+    client.replay(chunks())
+    gevent.sleep(0.2)
+    assert len(encoded) < 100, "only what the socket took, and a little more, was encoded"
+    live = [encode_frame(b"L%04d" % number + b"l" * 3000) for number in range(40)]
+    for frame in live:
+        client.send(frame)  # held behind the replay, within the bound
+    assert client._held_bytes <= (64 << 10)
+    got = []
+    with gevent.Timeout(20):
+        while True:
+            opcode, payload = read_frame(peer)
+            got.append(payload[:5])
+            if payload.startswith(b'{"type":"dropped"'):
+                break
+    replayed = [p for p in got if p.startswith(b"R")]
+    assert replayed == [b"R%04d" % n for n in range(200)]
+    live_got = [p for p in got if p.startswith(b"L")]
+    assert live_got and got.index(b"R0199") < got.index(live_got[0])
+    assert live_got == sorted(live_got)
+
+
+@pytest.mark.parametrize("payload, code", [
+    (struct.pack("!H", 999), 1002),
+    (struct.pack("!H", 1005), 1002),
+    (struct.pack("!H", 1006), 1002),
+    (struct.pack("!H", 1015), 1002),
+    (struct.pack("!H", 2999), 1002),
+    (struct.pack("!H", 5000), 1002),
+    (b"\x03", 1002),                              # a 1-byte close payload
+    (struct.pack("!H", 1000) + b"\xff\xfe", 1007),  # a reason that is not UTF-8
+    (struct.pack("!H", 3000) + b"bye", 3000),       # valid: echoed
+    (b"", 1000),
+])
+def test_close_frames_are_checked_as_rfc_6455_section_7_4_says(pair, payload, code):
+    client, peer = pair
+    serve(client, [])
+    peer.sendall(masked(payload, OP_CLOSE))
+    with gevent.Timeout(5):
+        opcode, answer = read_frame(peer)
+    assert opcode == OP_CLOSE and close_code(answer) == code
+
+
+def test_slow_messages_are_handled_a_slice_at_a_time_letting_others_run(pair):
+    client, peer = pair
+    events: list[str] = []
+
+    def slow_handler(_client, text: str) -> None:
+        time.sleep(0.003)  # a costly message (a new regex, say): blocks the loop while it runs
+        events.append(text)
+
+    client.start(slow_handler, lambda _c: None)
+    ticker_stop = []
+
+    def ticker() -> None:
+        while not ticker_stop:
+            events.append("tick")
+            gevent.sleep(0)
+    gevent.spawn(ticker)
+    peer.sendall(b"".join(masked(b"m%02d" % i) for i in range(20)))
+    wait_for(lambda: sum(1 for e in events if e != "tick") == 20)
+    ticker_stop.append(True)
+    messages = [e for e in events if e != "tick"]
+    assert messages == ["m%02d" % i for i in range(20)]
+    first, last = events.index("m00"), events.index("m19")
+    assert "tick" in events[first:last], "the loop ran others between slices"
