@@ -26,7 +26,7 @@ from logger.config import Settings
 from logger.hub import SUBSCRIPTION_KEY, WS_PATH
 from logger.ingest import ingest_blueprint
 from logger.service import LogService
-from logger.ws_client import WebSocketClient
+from logger.ws_transport import WebSocketConnection
 
 EXTENSION = "logger_service"
 MAX_BODY_BYTES = 1 << 20
@@ -91,7 +91,7 @@ class WebSocketRoute:
             return self.wsgi_app(environ, start_response)
         sock, initial = _take_connection(websocket)
         settings = self.service.settings
-        client = WebSocketClient(sock, environ.get("REMOTE_ADDR", ""), max_pending=settings.client_buffer_bytes,
+        client = WebSocketConnection(sock, environ.get("REMOTE_ADDR", ""), max_pending=settings.client_buffer_bytes,
                                  max_message_bytes=settings.max_message_bytes,
                                  max_fragments=settings.max_fragments,
                                  stall_timeout_s=settings.client_stall_timeout_s)
@@ -104,7 +104,7 @@ def _take_connection(websocket: Any) -> tuple[Any, bytes]:
 
     Their handler greenlet then ends, and with it its stack, the handler
     object, the WSGI environ and the 8 KB read buffer: an idle client costs
-    only what ``WebSocketClient`` holds. pywsgi closes its socket object when
+    only what ``WebSocketConnection`` holds. pywsgi closes its socket object when
     the handler returns, so we keep a duplicate of the descriptor. Bytes the
     HTTP reader already buffered past the request are handed on.
     """

@@ -2,15 +2,17 @@
 
 Clients are grouped by filter. Each batch is serialised to JSON and framed
 once per group, then the same ``bytes`` are offered to every client of the
-group; :class:`WebSocketClient` makes that a single non-blocking send in the
+group; :class:`WebSocketConnection` makes that a single non-blocking send in the
 common case, so a slow client costs the others nothing. Every batch also goes
 into the replay ring, for ``?tail=K`` and for clients resuming ``?since=``;
 a replay goes out a few hundred records at a time as the client reads it
-(``WebSocketClient.replay``), so a client that never reads costs one chunk.
+(``WebSocketConnection.replay``), so a client that never reads costs one chunk.
 
 The hub admits or refuses upgrades (before the 101, see ``gunicorn_worker.py``),
-answers client messages (subscribe, pause, resume, ping), pings idle clients,
-and closes everyone with 1001 on shutdown. Nothing here blocks: publish runs in
+answers client messages (subscribe, pause, resume, ping), counts the batches
+slow clients lose and tells each one how many once it caught up (``dropped``;
+the hub is each connection's ``ws_transport.Owner``), pings idle clients, and
+closes everyone with 1001 on shutdown. Nothing here blocks: publish runs in
 the tail reader's greenlet, messages in gevent's hub, and neither yields while
 it walks the clients, so a filter change or a replay always lands between
 two batches.
@@ -38,15 +40,8 @@ from logger.filters import EVERYTHING, Filter, FilterError
 from logger.memory import release_freed_memory
 from logger.records import LogRecord
 from logger.replay import Gap, Partition, ReplayRing, parse_positions
-from logger.ws_client import (
-    GOING_AWAY,
-    INTERNAL_ERROR,
-    OP_PING,
-    WebSocketClient,
-    encode_frame,
-    encode_message,
-    report_drops,
-)
+from logger.ws_protocol import GOING_AWAY, INTERNAL_ERROR, OP_PING, encode_frame
+from logger.ws_transport import WebSocketConnection
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +95,15 @@ SUBSCRIPTION_KEY = "logger.subscription"  # where admit() leaves the parsed requ
 class Hub:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._clients: set[WebSocketClient] = set()
-        self._groups: dict[Filter, set[WebSocketClient]] = {}
+        self._clients: set[WebSocketConnection] = set()
+        self._groups: dict[Filter, set[WebSocketConnection]] = {}
         self._regex_groups = 0  # groups whose filter has a regex
         self.ring = ReplayRing(settings.replay_records, settings.replay_bytes)
         self.counters: Counter[str] = Counter()
         self.accepting = True
         self.listening_since: float | None = None  # time.time() since when there has been a client
         self._freed_backlogs = False  # a client with a backlog left since the last malloc_trim
+        self._drops_unreported = 0  # batches clients lost since the last Prometheus update
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -149,7 +145,7 @@ class Hub:
         return (f"this worker already filters with {self.settings.max_regex_filters} different regular "
                 "expressions: use one of those, or try again later")
 
-    def _room_for(self, wanted: Filter, client: WebSocketClient | None = None) -> bool:
+    def _room_for(self, wanted: Filter, client: WebSocketConnection | None = None) -> bool:
         """Each distinct filter with a regex is matched against every record of every batch,
         in the event loop: their number is bounded (``WS_MAX_REGEX_FILTERS``). A client
         that is alone in its regex group frees that place by moving."""
@@ -159,7 +155,7 @@ class Hub:
         freed = current is not None and current.regex is not None and self._groups.get(current) == {client}
         return self._regex_groups - freed < self.settings.max_regex_filters
 
-    def attach(self, client: WebSocketClient, subscription: Subscription | None = None,
+    def attach(self, client: WebSocketConnection, subscription: Subscription | None = None,
                initial: bytes = b"") -> None:
         """Greet an admitted client, replay what it asked for, and make it live.
 
@@ -167,7 +163,7 @@ class Hub:
         it gets is the one after the last replayed record: no gap, no duplicate.
         """
         subscription = subscription or Subscription()
-        client.send(encode_message({
+        client.send(_message_frame({
             "type": "hello", "server": "logger-service", "version": logger.__version__,
             "topic": self.settings.kafka_topic, "worker": os.getpid(),
             "ping_interval_s": self.settings.ping_interval_s, "positions": self.ring.positions(),
@@ -176,7 +172,7 @@ class Hub:
         if subscription.since is not None:
             replay, gaps = self.ring.since(subscription.filter, subscription.since)
             if gaps:
-                client.send(encode_message({"type": "gap", "partitions": [g.as_dict() for g in gaps]}),
+                client.send(_message_frame({"type": "gap", "partitions": [g.as_dict() for g in gaps]}),
                             droppable=False)
         else:
             replay = self.ring.tail(subscription.filter, subscription.tail) if subscription.tail else []
@@ -190,9 +186,9 @@ class Hub:
         self._join(client, subscription.filter)
         self.counters["connections"] += 1
         metrics.CLIENTS.set(len(self._clients))
-        client.start(self._on_message, self._detach, initial)
+        client.start(self, initial)
 
-    def _join(self, client: WebSocketClient, wanted: Filter) -> None:
+    def _join(self, client: WebSocketConnection, wanted: Filter) -> None:
         self._leave(client)
         client.subscription = wanted
         if wanted not in self._groups:
@@ -200,7 +196,7 @@ class Hub:
             self._regex_groups += wanted.regex is not None
         self._groups[wanted].add(client)
 
-    def _leave(self, client: WebSocketClient) -> None:
+    def _leave(self, client: WebSocketConnection) -> None:
         members = self._groups.get(client.subscription)
         if members is not None:
             members.discard(client)
@@ -208,7 +204,9 @@ class Hub:
                 del self._groups[client.subscription]
                 self._regex_groups -= client.subscription.regex is not None
 
-    def _detach(self, client: WebSocketClient) -> None:
+    # -- what connections tell the hub (ws_transport.Owner) ------------------------------
+
+    def connection_closed(self, client: WebSocketConnection) -> None:
         if client.had_backlog:
             self._freed_backlogs = True
         self._clients.discard(client)
@@ -217,7 +215,23 @@ class Hub:
         self._leave(client)
         metrics.CLIENTS.set(len(self._clients))
 
-    def _on_message(self, client: WebSocketClient, text: str) -> None:
+    def batch_dropped(self, client: WebSocketConnection) -> None:
+        """A slow or paused client lost a batch. Counted here and added to Prometheus once
+        per fan-out (:meth:`_report_drops`): a client that lags for good drops a batch for
+        every batch sent, and a multiprocess ``Counter.inc`` (an mmap write) per drop cost
+        more than the rest of that client's share of the fan-out."""
+        self._drops_unreported += 1
+
+    def caught_up(self, client: WebSocketConnection, lost: int) -> None:
+        """A client wrote all it had queued after losing batches: tell it how many."""
+        client.send(_message_frame({"type": "dropped", "count": lost}), droppable=False)
+
+    def _report_drops(self) -> None:
+        if self._drops_unreported:
+            metrics.DROPPED_BATCHES.inc(self._drops_unreported)
+            self._drops_unreported = 0
+
+    def message_received(self, client: WebSocketConnection, text: str) -> None:
         # Runs in gevent's hub (an I/O callback): answer with non-blocking sends only.
         try:
             message = orjson.loads(text)
@@ -246,8 +260,8 @@ class Hub:
         self._reply(client, {"type": "error", "error": error})
 
     @staticmethod
-    def _reply(client: WebSocketClient, message: dict[str, Any]) -> None:
-        client.send(encode_message(message), droppable=False)
+    def _reply(client: WebSocketConnection, message: dict[str, Any]) -> None:
+        client.send(_message_frame(message), droppable=False)
 
     # -- fan-out --------------------------------------------------------------------
 
@@ -275,14 +289,14 @@ class Hub:
             metrics.RECORDS_DELIVERED.inc(delivered)
             metrics.BATCHES_SENT.inc(len(members))
             metrics.BYTES_SENT.inc(len(frame) * len(members))
-        report_drops()
+        self._report_drops()
 
     def announce_gap(self, gap: Gap) -> None:
         """The tail skipped records it could not read: tell every client where and why
         (whatever its filter: it cannot know what it missed), and remember it for resumes."""
         self.ring.skip(gap)
         self.counters["gaps_announced"] += 1
-        frame = encode_message({"type": "gap", "partitions": [gap.as_dict()]})
+        frame = _message_frame({"type": "gap", "partitions": [gap.as_dict()]})
         for client in tuple(self._clients):
             client.send(frame, droppable=False)
 
@@ -313,7 +327,7 @@ class Hub:
                     client.send(ping, droppable=False)
                 else:
                     client.check_stall()
-            report_drops()  # those of paused clients, which no fan-out reports
+            self._report_drops()  # those of paused clients, which no fan-out reports
             if self._freed_backlogs:  # see logger.memory: give their frames' pages back
                 self._freed_backlogs = False
                 release_freed_memory()
@@ -378,4 +392,9 @@ def _logs_frame(records: list[dict[str, Any]], replay: bool = False) -> bytes:
     message: dict[str, Any] = {"type": "logs", "records": records}
     if replay:
         message["replay"] = True
+    return _message_frame(message)
+
+
+def _message_frame(message: dict[str, Any]) -> bytes:
+    """One protocol message as a text frame, ready to share between clients."""
     return encode_frame(orjson.dumps(message))

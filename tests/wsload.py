@@ -12,12 +12,12 @@ import json
 import os
 import selectors
 import socket
-import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from devstack.waiting import wait_until
+from tests.ws_frames import Close, FrameReader, Opcode, masked
 
 
 @dataclass
@@ -27,6 +27,7 @@ class RawClient:
     messages: list[dict[str, Any]] = field(default_factory=list)
     close_code: int | None = None
     eof: bool = False
+    reader: FrameReader = field(default_factory=FrameReader)
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -64,44 +65,23 @@ def read_response_head(sock: socket.socket) -> bytes:
 
 
 def masked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    length = len(payload)
-    if length < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-    elif length < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-    return head + mask + body
+    return masked(payload, opcode)
 
 
 def parse_frames(client: RawClient, answer_pings: bool = True) -> None:
-    """Consume the complete frames in ``client.buffer``."""
-    buf = client.buffer
-    while len(buf) >= 2:
-        opcode, length, offset = buf[0] & 0x0F, buf[1] & 0x7F, 2
-        if length == 126:
-            if len(buf) < 4:
-                return
-            length, offset = struct.unpack("!H", buf[2:4])[0], 4
-        elif length == 127:
-            if len(buf) < 10:
-                return
-            length, offset = struct.unpack("!Q", buf[2:10])[0], 10
-        if len(buf) < offset + length:
-            return
-        payload = bytes(buf[offset:offset + length])
-        del buf[:offset + length]
-        if opcode == 0x1:
-            client.messages.append(json.loads(payload))
-        elif opcode == 0x8:
-            client.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-        elif opcode == 0x9 and answer_pings:
+    """Consume ``client.buffer``: complete frames are parsed (by websockets, see
+    ``tests.ws_frames``), a partial one waits in the client's reader."""
+    client.reader.feed(bytes(client.buffer))
+    del client.buffer[:]
+    for frame in client.reader.frames():
+        if frame.opcode is Opcode.TEXT:
+            client.messages.append(json.loads(frame.data))
+        elif frame.opcode is Opcode.CLOSE:
+            client.close_code = Close.parse(bytes(frame.data)).code
+        elif frame.opcode is Opcode.PING and answer_pings:
             client.sock.setblocking(True)
-            client.sock.sendall(masked_frame(payload, 0xA))
+            client.sock.sendall(masked_frame(bytes(frame.data), 0xA))
             client.sock.setblocking(False)
-
 
 
 class ClientPool:

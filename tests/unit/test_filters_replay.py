@@ -94,7 +94,7 @@ def test_positions_parse():
 
 
 class FakeClient:
-    """Records what the hub sends; stands in for a WebSocketClient."""
+    """Records what the hub sends; stands in for a WebSocketConnection."""
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
@@ -108,8 +108,8 @@ class FakeClient:
     def replay(self, frames) -> None:
         self.frames.extend(frames)
 
-    def start(self, on_text, on_close, initial=b"") -> None:
-        self.on_text, self.on_close = on_text, on_close
+    def start(self, owner, initial=b"") -> None:
+        self.on_text, self.on_close = owner.message_received, owner.connection_closed
 
     def pause(self) -> None: ...
 

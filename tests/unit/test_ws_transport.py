@@ -1,8 +1,11 @@
-"""WebSocketClient over a gevent socketpair: framing, limits, slow peers."""
+"""WebSocketConnection over a gevent socketpair: framing on the wire, limits, slow peers.
+
+What the server writes is read back with websockets' parser (``tests.ws_frames``).
+The protocol's rules alone are tested in ``test_ws_protocol.py``.
+"""
 
 from __future__ import annotations
 
-import os
 import struct
 import time
 
@@ -11,47 +14,31 @@ import orjson
 import pytest
 from gevent import socket
 
-from logger.ws_client import (
-    OP_BINARY,
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    WebSocketClient,
-    encode_frame,
-)
+from logger.ws_protocol import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encode_frame
+from logger.ws_transport import WebSocketConnection
+from tests.ws_frames import close_code, masked, read_frame
 
 
-def masked(payload: bytes, opcode: int = OP_TEXT, fin: bool = True) -> bytes:
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    length = len(payload)
-    first = (0x80 if fin else 0) | opcode
-    if length < 126:
-        head = struct.pack("!BB", first, 0x80 | length)
-    elif length < 65536:
-        head = struct.pack("!BBH", first, 0x80 | 126, length)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, length)
-    return head + mask + body
+class Recorder:
+    """The connection's owner, as the hub would be: records what it is told, and answers a
+    client that caught up after losing batches with a ``dropped`` notice."""
 
+    def __init__(self, received: list[str]) -> None:
+        self.received = received
+        self.ended: list[WebSocketConnection] = []
+        self.dropped = 0
 
-def read_frame(sock) -> tuple[int, bytes]:
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                raise EOFError
-            data += chunk
-        return data
-    first, second = exactly(2)
-    length = second & 0x7F
-    if length == 126:
-        length = struct.unpack("!H", exactly(2))[0]
-    elif length == 127:
-        length = struct.unpack("!Q", exactly(8))[0]
-    return first & 0x0F, exactly(length)
+    def message_received(self, connection: WebSocketConnection, text: str) -> None:
+        self.received.append(text)
+
+    def batch_dropped(self, connection: WebSocketConnection) -> None:
+        self.dropped += 1
+
+    def caught_up(self, connection: WebSocketConnection, lost: int) -> None:
+        connection.send(encode_frame(orjson.dumps({"type": "dropped", "count": lost})), droppable=False)
+
+    def connection_closed(self, connection: WebSocketConnection) -> None:
+        self.ended.append(connection)
 
 
 def frames_until_dropped_notice(peer) -> list[tuple[int, bytes]]:
@@ -67,7 +54,7 @@ def frames_until_dropped_notice(peer) -> list[tuple[int, bytes]]:
 @pytest.fixture
 def pair():
     server, peer = socket.socketpair()
-    client = WebSocketClient(server, "test", max_pending=64 << 10, max_message_bytes=1024)
+    client = WebSocketConnection(server, "test", max_pending=64 << 10, max_message_bytes=1024)
     yield client, peer
     server.close()
     peer.close()
@@ -75,19 +62,15 @@ def pair():
 
 def serve(client, received):
     """Start reading; returns a list that gets the client once it is closed."""
-    ended: list = []
-    client.start(lambda _client, text: received.append(text), ended.append)
-    return ended
+    owner = Recorder(received)
+    client.start(owner)
+    return owner.ended
 
 
 def wait_for(condition, timeout: float = 3.0) -> None:
     with gevent.Timeout(timeout):
         while not condition():
             gevent.sleep(0.01)
-
-
-def close_code(payload: bytes) -> int:
-    return struct.unpack("!H", payload[:2])[0]
 
 
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
@@ -133,6 +116,7 @@ def test_misbehaving_peers_are_closed_with_the_right_code(pair, frame, code):
 
 def test_a_peer_that_does_not_read_loses_old_batches_and_is_told(pair):
     client, peer = pair
+    serve(client, [])
     batch = encode_frame(b"b" * 8192)
     for _ in range(200):  # 1.6 MB against a 64 KB bound plus kernel buffers
         client.send(batch)
@@ -156,7 +140,7 @@ def tcp_pair():
     listener.close()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-    yield WebSocketClient(server, "tcp", max_pending=64 << 10), peer
+    yield WebSocketConnection(server, "tcp", max_pending=64 << 10), peer
     server.close()
     peer.close()
 
@@ -167,6 +151,7 @@ def test_a_backlog_drains_in_order_intact_and_keeps_every_control_frame(tcp_pair
     # ping arrives, and every batch either arrives or is counted as dropped.
     client, peer = tcp_pair
     sent_pings = 0
+    serve(client, [])
     for number in range(300):
         client.send(encode_frame(b"%05d" % number + b"x" * (5000 + 37 * number)))
         if number % 10 == 9:
@@ -185,7 +170,7 @@ def test_a_backlog_drains_in_order_intact_and_keeps_every_control_frame(tcp_pair
 
 def test_a_peer_that_takes_nothing_for_too_long_is_closed_with_1008():
     server, peer = socket.socketpair()
-    client = WebSocketClient(server, "stuck", max_pending=64 << 10, stall_timeout_s=0.2)
+    client = WebSocketConnection(server, "stuck", max_pending=64 << 10, stall_timeout_s=0.2)
     batch = encode_frame(b"s" * 8192)
     for _ in range(100):
         client.send(batch)
@@ -206,10 +191,10 @@ def test_a_peer_that_takes_nothing_for_too_long_is_closed_with_1008():
 
 def test_frames_split_across_reads_and_bytes_read_before_the_upgrade_handed_over():
     server, peer = socket.socketpair()
-    client = WebSocketClient(server, "split")
+    client = WebSocketConnection(server, "split")
     received: list[str] = []
     frames = masked(b"first") + masked(b"second" * 30)
-    client.start(lambda _c, text: received.append(text), lambda _c: None, initial=frames[:3])
+    client.start(Recorder(received), initial=frames[:3])
     for i in range(3, len(frames)):  # the rest one byte at a time
         peer.sendall(frames[i:i + 1])
         gevent.sleep(0)
@@ -221,6 +206,7 @@ def test_frames_split_across_reads_and_bytes_read_before_the_upgrade_handed_over
 
 def test_pause_holds_batches_within_the_bound_and_resume_tells_what_was_lost(pair):
     client, peer = pair  # max_pending 64 KiB
+    serve(client, [])
     client.pause()
     batch = encode_frame(b"p" * 8192)
     for _ in range(20):  # 160 KiB while paused
@@ -238,28 +224,13 @@ def test_pause_holds_batches_within_the_bound_and_resume_tells_what_was_lost(pai
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from logger.ws_client import ProtocolViolation, parse_frame  # noqa: E402
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.binary(max_size=400))
-def test_random_bytes_from_a_client_never_escape_as_an_exception(data):
-    """Anything a client sends either parses, waits for more, or is a ProtocolViolation
-    carrying a close code we may send."""
-    offset = 0
-    try:
-        while (frame := parse_frame(data, offset, 1024)) is not None:
-            offset = frame[3]
-    except ProtocolViolation as exc:
-        assert exc.code in (1002, 1003, 1007, 1009)
-
 
 @settings(max_examples=150, deadline=None)
 @given(st.binary(min_size=1, max_size=300))
 def test_a_client_sending_random_bytes_is_closed_cleanly_or_left_waiting(data):
     server, peer = socket.socketpair()
-    client = WebSocketClient(server, "fuzz", max_message_bytes=1024)
-    client.start(lambda _c, _t: None, lambda _c: None)
+    client = WebSocketConnection(server, "fuzz", max_message_bytes=1024)
+    serve(client, [])
     client._receive(data)  # what the I/O callback does with whatever arrived
     if client.closing:
         opcode, payload = read_frame(peer)
@@ -275,7 +246,7 @@ def test_a_client_sending_random_bytes_is_closed_cleanly_or_left_waiting(data):
 
 def test_a_message_in_too_many_fragments_is_closed_with_1008():
     server, peer = socket.socketpair()
-    client = WebSocketClient(server, "fragments", max_fragments=16)
+    client = WebSocketConnection(server, "fragments", max_fragments=16)
     ended = serve(client, [])
     # Empty continuation frames never reach the byte cap: only the fragment count stops them.
     peer.sendall(masked(b"a", fin=False) + masked(b"", opcode=0, fin=False) * 200)
@@ -298,36 +269,36 @@ def test_fragments_are_summed_as_they_come_and_the_total_is_capped(pair):
 def test_a_frame_trickled_in_is_appended_to_one_buffer_not_copied_per_read(pair):
     client, _ = pair
     received: list[str] = []
-    client.start(lambda _c, text: received.append(text), lambda _c: None)
+    serve(client, received)
     frame = masked(b"z" * 1000)
     client._receive(frame[:10])
-    inbox = client._inbox
+    inbox = client.protocol._inbox
     for i in range(10, len(frame) - 1):
         client._receive(frame[i:i + 1])
-        assert client._inbox is inbox, "the same buffer grows; nothing is re-copied"
+        assert client.protocol._inbox is inbox, "the same buffer grows; nothing is re-copied"
     client._receive(frame[-1:])
-    assert received == ["z" * 1000] and client._inbox is None
+    assert received == ["z" * 1000] and client.protocol._inbox is None
 
 
 def fill_until_backlogged(client, peer) -> None:
     """Send batches until the client has a writer (the peer does not read)."""
     batch = encode_frame(b"f" * 8192)
-    while client._writer is None:
+    while client._backlog is None:
         client.send(batch)
 
 
 def test_pings_from_a_peer_that_does_not_read_are_answered_by_one_pong_with_the_latest_payload(tcp_pair):
     client, peer = tcp_pair
-    client.start(lambda _c, _t: None, lambda _c: None)
+    serve(client, [])
     fill_until_backlogged(client, peer)
     for number in range(2000):
         client._receive(masked(b"%d" % number, OP_PING))
-    pongs_queued = sum(1 for entry in client._pending if entry[0][:1] == bytes([0x80 | OP_PONG]))
+    pongs_queued = sum(1 for entry in client._backlog.queue if entry[0][:1] == bytes([0x80 | OP_PONG]))
     assert pongs_queued == 1, "pongs are coalesced (RFC 6455 §5.5.3)"
-    assert len(client._pending) < 20
+    assert len(client._backlog.queue) < 20
     pongs = []
     with gevent.Timeout(10):
-        while not client.closed and client._writer is not None or not pongs:
+        while not client.closed and client._backlog is not None or not pongs:
             opcode, payload = read_frame(peer)
             if opcode == OP_PONG:
                 pongs.append(payload)
@@ -345,7 +316,7 @@ def test_a_peer_whose_unread_replies_pass_the_bound_is_closed_with_1008(tcp_pair
         assert sent < 10_000, "never closed"
     # Each queued reply is charged its bytes plus its bookkeeping: far fewer than 64 KiB / 17 fit.
     assert sent < (64 << 10) // 17
-    assert len(client._pending) <= 2  # the partly sent head and the close frame
+    assert len(client._backlog.queue) <= 2  # the partly sent head and the close frame
     codes = []
     with gevent.Timeout(10):
         while not codes:
@@ -364,12 +335,13 @@ def test_dropping_batches_behind_many_queued_replies_does_not_walk_them(tcp_pair
     for _ in range(200):
         client.send(batch)
     assert client.pending_bytes <= (64 << 10)
-    assert len(client._droppable) <= (64 << 10) // 4096
-    assert sum(1 for entry in client._pending if entry[1]) == len(client._droppable)
+    assert len(client._backlog.droppable) <= (64 << 10) // 4096
+    assert sum(1 for entry in client._backlog.queue if entry[1]) == len(client._backlog.droppable)
 
 
 def test_a_replay_is_encoded_as_the_peer_reads_and_live_batches_wait_behind_it(tcp_pair):
     client, peer = tcp_pair  # small kernel buffers, 64 KiB bound
+    serve(client, [])
     encoded = []
 
     def chunks():
@@ -427,7 +399,9 @@ def test_slow_messages_are_handled_a_slice_at_a_time_letting_others_run(pair):
         time.sleep(0.003)  # a costly message (a new regex, say): blocks the loop while it runs
         events.append(text)
 
-    client.start(slow_handler, lambda _c: None)
+    owner = Recorder([])
+    owner.message_received = lambda _client, text: slow_handler(_client, text)
+    client.start(owner)
     ticker_stop = []
 
     def ticker() -> None:
