@@ -11,6 +11,7 @@ from logger.filters import EVERYTHING, Filter, FilterError
 from logger.hub import Hub, Refusal, Subscription
 from logger.records import decode
 from logger.replay import ReplayRing, parse_positions
+from tests.ws_frames import FrameReader
 
 
 def rec(offset: int, level: str = "info", service: str = "api", message: str = "hello", partition: int = 0,
@@ -116,12 +117,10 @@ class FakeClient:
     def resume(self) -> None: ...
 
     def messages(self) -> list[dict]:
-        out = []
+        reader = FrameReader()
         for frame in self.frames:
-            length = frame[1] & 0x7F
-            offset = 2 if length < 126 else 4 if length == 126 else 10
-            out.append(json.loads(frame[offset:]))
-        return out
+            reader.feed(frame)
+        return [json.loads(frame.data) for frame in reader.frames()]
 
     def offsets(self) -> list[int]:
         return [r["offset"] for m in self.messages() if m["type"] == "logs" for r in m["records"]]

@@ -416,3 +416,29 @@ def test_slow_messages_are_handled_a_slice_at_a_time_letting_others_run(pair):
     assert messages == ["m%02d" % i for i in range(20)]
     first, last = events.index("m00"), events.index("m19")
     assert "tick" in events[first:last], "the loop ran others between slices"
+
+
+def test_the_hub_counts_what_a_slow_client_lost_and_tells_it_once_it_caught_up():
+    """Drops reach the hub through the connection's owner interface: counted once per
+    fan-out for Prometheus, and the ``dropped`` notice is the hub's message."""
+    from logger import metrics
+    from logger.config import Settings
+    from logger.hub import Hub
+    from tests.unit.test_filters_replay import rec
+
+    server, peer = socket.socketpair()
+    client = WebSocketConnection(server, "slow", max_pending=64 << 10)
+    hub = Hub(Settings())
+    hub.attach(client)
+    before = metrics.DROPPED_BATCHES._value.get()
+    big = [rec(n, message="m" * 4000) for n in range(10)]
+    for _ in range(40):  # ~40 KB per batch against a 64 KiB bound: most are dropped
+        hub.publish(big)
+    lost = metrics.DROPPED_BATCHES._value.get() - before
+    assert lost > 0 and hub._drops_unreported == 0, "reported to Prometheus by the fan-out"
+    frames = frames_until_dropped_notice(peer)
+    assert orjson.loads(frames[-1][1]) == {"type": "dropped", "count": lost}
+    logs = [f for f in frames if f[1].startswith(b'{"type":"logs"')]
+    assert len(logs) + lost == 40
+    client.abort()
+    peer.close()
