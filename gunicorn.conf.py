@@ -45,14 +45,14 @@ backlog = 4096
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_class = "logger.gunicorn_worker.Worker"
 # Concurrent connections gevent's pool serves. An upgraded WebSocket leaves the
-# pool once the hub owns it (logger.app.WebSocketRoute), so this bounds HTTP
+# pool once the hub owns it (logger.gunicorn_worker.UpgradeHandler), so this bounds HTTP
 # requests and upgrades in progress; the WebSocket cap is WS_MAX_CLIENTS. It is
 # still sized for a reconnect storm of every client at once.
 worker_connections = settings.max_clients + 1000
 timeout = 30
 # SIGTERM → drain: flush batches, commit offsets, close clients with 1001.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "20"))
-keepalive = 5
+keepalive = settings.http_keepalive_s  # also how long the upgrade handler waits for a next request
 
 # gunicorn 27 opens a control socket under ~/.gunicorn by default; we have no
 # use for it, and containers may have no writable home.

@@ -81,6 +81,7 @@ class Settings:
     log_format: str = "auto"
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    http_keepalive_s: float = 5.0  # an idle keep-alive connection is closed after this (Gunicorn's keepalive)
     http_head_timeout_s: float = 10.0
     http_body_timeout_s: float = 30.0
     http_max_header_bytes: int = 32 << 10
@@ -161,6 +162,7 @@ class Settings:
                                       "a comma-separated list of IP addresses or CIDR networks"),
             allowed_hosts=env.parse("ALLOWED_HOSTS", ("localhost", "127.0.0.1", "[::1]"), _host_names,
                                     "a comma-separated list of host names (IPv6 in brackets), no ports"),
+            http_keepalive_s=env.number("HTTP_KEEPALIVE_S", 5, 1, 3600),
             http_head_timeout_s=env.number("HTTP_HEAD_TIMEOUT_S", 10, 0.1, 3600),
             http_body_timeout_s=env.number("HTTP_BODY_TIMEOUT_S", 30, 0.1, 3600),
             http_max_header_bytes=env.integer("HTTP_MAX_HEADER_BYTES", 32 << 10, 1024, 1 << 20),

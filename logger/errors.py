@@ -19,6 +19,12 @@ class ConfigError(LoggerServiceError):
     the variable and the accepted form, and never contains a secret."""
 
 
+class PublishError(LoggerServiceError):
+    """Kafka did not take the values (``LogService.publish``); nothing is known to be stored."""
+
+    retriable = True
+
+
 class ExportError(LoggerServiceError):
     """The collector did not accept a batch.
 

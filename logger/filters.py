@@ -29,7 +29,7 @@ from typing import Any
 
 import re2
 
-from logger.records import _LEVELS, LEVEL_NAMES, LogRecord
+from logger.records import LEVELS, LEVEL_NAMES, LogRecord
 
 MAX_TEXT = 200
 MAX_SERVICES = 20
@@ -119,7 +119,7 @@ class Filter:
         """The filter as the client sees it in ``subscribed``."""
         out: dict[str, Any] = {}
         if self.min_severity:
-            out["level"] = next(name for name in LEVEL_NAMES if _LEVELS[name][0] == self.min_severity)
+            out["level"] = next(name for name in LEVEL_NAMES if LEVELS[name][0] == self.min_severity)
         if self.services:
             out["service"] = sorted(self.services)
         if self.text:
@@ -164,7 +164,7 @@ class Filter:
         if level:
             if level.lower() not in LEVEL_NAMES:
                 raise FilterError(f"unknown level {level!r}: use one of {', '.join(LEVEL_NAMES)}")
-            min_severity = _LEVELS[level.lower()][0]
+            min_severity = LEVELS[level.lower()][0]
         chosen = frozenset(s.strip() for s in services if s.strip())
         if len(chosen) > MAX_SERVICES:
             raise FilterError(f"at most {MAX_SERVICES} services")

@@ -42,11 +42,14 @@ from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIHandler
 
 from logger import metrics
+from logger.config import Settings
 from logger.handshake import HandshakeError, check_upgrade, wants_websocket
-from logger.hub import WS_PATH, Refusal
+from logger.hub import WS_PATH, Refusal, Subscription
 
 if TYPE_CHECKING:
     from logger.service import LogService
+
+_DEFAULT_SETTINGS = Settings()  # the bounds of a worker whose app is not create_app's
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +98,24 @@ class BodyWithDeadline(Input):
 
 
 class UpgradeHandler(WebSocketHandler):
-    """Upgrades only ``/ws``, and only when the handshake is valid and the hub admits it."""
+    """Upgrades only ``/ws``, and only when the handshake is valid and the hub admits it;
+    then hands the connection to the hub, without running the WSGI app for it.
 
-    service: LogService | None = None  # bound per worker by post_worker_init
-    idle_timeout_s: float = 5.0  # Gunicorn's ``keepalive``, bound by post_worker_init
-    head_timeout_s: float = 10.0  # the settings' http_* bounds, bound by post_worker_init
-    body_timeout_s: float = 30.0
-    max_header_bytes: int = 32 << 10
+    Its service is the one behind the app Gunicorn serves (``create_app``'s); its
+    bounds are that service's settings (defaults until the app is known).
+    """
+
     _head_deadline: float = 0.0
+    _subscription: Subscription | None = None  # what admit() made of this upgrade
+
+    @property
+    def service(self) -> LogService | None:
+        return _service_of(self.application)
+
+    @property
+    def settings(self) -> Settings:
+        service = self.service
+        return service.settings if service is not None else _DEFAULT_SETTINGS
 
     # Gunicorn's access log, not gevent-websocket's own logger.
     log_request = PyWSGIHandler.log_request
@@ -114,12 +127,13 @@ class UpgradeHandler(WebSocketHandler):
         # ``idle_timeout_s``: an empty request line makes pywsgi close quietly.
         # Once a request has begun, its whole head has ``head_timeout_s``.
         first = b""
-        with gevent.Timeout(self.idle_timeout_s, False):
+        settings = self.settings
+        with gevent.Timeout(settings.http_keepalive_s, False):
             first = self.rfile.peek(1)
         if not first:
             return ""
-        self._head_deadline = time.monotonic() + self.head_timeout_s
-        with gevent.Timeout(self.head_timeout_s, False):
+        self._head_deadline = time.monotonic() + settings.http_head_timeout_s
+        with gevent.Timeout(settings.http_head_timeout_s, False):
             return self.rfile.readline(MAX_REQUEST_LINE).decode("latin-1")
         _count_refusal("head_timeout")
         return ""  # a request line trickled for longer than the deadline: close quietly
@@ -130,7 +144,8 @@ class UpgradeHandler(WebSocketHandler):
         with gevent.Timeout(max(self._head_deadline - time.monotonic(), 0.001), False):
             head = self._read_header_block()
         if head is None:
-            raise RequestRefused("408 Request Timeout", f"request head not complete in {self.head_timeout_s:g} s",
+            raise RequestRefused("408 Request Timeout",
+                                 f"request head not complete in {self.settings.http_head_timeout_s:g} s",
                                  "head_timeout")
         rfile, self.rfile = self.rfile, io.BytesIO(head)
         try:
@@ -140,12 +155,13 @@ class UpgradeHandler(WebSocketHandler):
 
     def _read_header_block(self) -> bytes:
         head = bytearray()
+        most = self.settings.http_max_header_bytes
         while True:
-            line = self.rfile.readline(self.max_header_bytes - len(head) + 1)
+            line = self.rfile.readline(most - len(head) + 1)
             head += line
-            if len(head) > self.max_header_bytes:
+            if len(head) > most:
                 raise RequestRefused("431 Request Header Fields Too Large",
-                                     f"request headers larger than {self.max_header_bytes} bytes", "headers_too_large")
+                                     f"request headers larger than {most} bytes", "headers_too_large")
             if line in (b"\r\n", b"\n", b""):
                 return bytes(head)
 
@@ -162,12 +178,12 @@ class UpgradeHandler(WebSocketHandler):
         environ = super().get_environ()  # the extras gunicorn's PyWSGIHandler adds
         environ["gunicorn.sock"] = self.socket
         environ["RAW_URI"] = self.path
-        timed = BodyWithDeadline(self.wsgi_input, time.monotonic() + self.body_timeout_s)
+        settings = self.settings
+        timed = BodyWithDeadline(self.wsgi_input, time.monotonic() + settings.http_body_timeout_s)
         if environ["wsgi.input"] is self.wsgi_input:
             environ["wsgi.input"] = timed
         self.wsgi_input = timed
-        if self.service is not None:
-            _client_address_behind_proxies(environ, self.service.settings.trusted_proxies)
+        _client_address_behind_proxies(environ, settings.trusted_proxies)
         return environ
 
     def handle_one_response(self) -> None:
@@ -177,7 +193,7 @@ class UpgradeHandler(WebSocketHandler):
             self.close_connection = True
             _count_refusal("body_timeout")
             log.info("closed a request from %s: body not complete in %g s", self.client_address,
-                     self.body_timeout_s)
+                     self.settings.http_body_timeout_s)
 
     def upgrade_websocket(self) -> Any:
         if self.environ.get("PATH_INFO") != WS_PATH or not wants_websocket(self.environ):
@@ -187,15 +203,26 @@ class UpgradeHandler(WebSocketHandler):
         except HandshakeError as error:
             _count_refusal("handshake")
             return self._refuse(error.status, error.reason, error.headers)
-        if self.service is None:
+        service = self.service
+        if service is None:
             return self._refuse("503 Service Unavailable", "the pipeline has not started")
         try:
-            self.service.hub.admit(self.environ)
+            self._subscription = service.hub.admit(self.environ)
         except Refusal as refusal:
             return self._refuse(refusal.status, refusal.reason)
         # gevent-websocket 0.10.1 compares the whole header with "websocket", not its tokens.
         self.environ["HTTP_UPGRADE"] = "websocket"
         return super().upgrade_websocket()
+
+    def run_websocket(self) -> None:
+        """After the 101: the hub takes the connection, and this handler (its greenlet,
+        the environ, the read buffer) ends. gevent-websocket would run the WSGI app."""
+        service = self.service
+        assert service is not None and self._subscription is not None  # admitted by upgrade_websocket
+        sock, initial = take_connection(self.websocket)
+        self.websocket = None
+        self.environ["wsgi.websocket"] = None
+        service.hub.connect(sock, self.environ.get("REMOTE_ADDR", ""), self._subscription, initial)
 
     def _refuse(self, status: str, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
         # One line, never the query string (it may carry a token).
@@ -247,7 +274,7 @@ def _client_address_behind_proxies(environ: dict[str, Any], trusted: tuple[Any, 
     hops = [hop.strip() for hop in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _is_trusted(hop, trusted):
-            environ["logger.proxy_addr"], environ["REMOTE_ADDR"] = environ["REMOTE_ADDR"], hop
+            environ["REMOTE_ADDR"] = hop
             return
 
 
@@ -259,25 +286,42 @@ def _is_trusted(address: str, trusted: tuple[Any, ...]) -> bool:
     return any(ip in network for network in trusted)
 
 
-def _service(worker: Any) -> LogService | None:
-    from logger.app import service_of  # in the worker, after monkey-patching
+def take_connection(websocket: Any) -> tuple[Any, bytes]:
+    """Take an upgraded connection away from pywsgi and gevent-websocket.
+
+    Their handler greenlet then ends, and with it its stack, the handler
+    object, the WSGI environ and the 8 KB read buffer: an idle client costs
+    only what ``WebSocketConnection`` holds. pywsgi closes its socket object when
+    the handler returns, so we keep a duplicate of the descriptor. Bytes the
+    HTTP reader already buffered past the request are handed on.
+    """
+    handler = websocket.handler
+    websocket.closed = True  # or it writes a second, code-less close frame
+    sock, handler.socket = handler.socket, None  # pywsgi neither drains nor closes it now
+    own = sock.dup()
+    sock.setblocking(False)
     try:
-        return service_of(worker.wsgi)
+        initial = handler.rfile.read1(1 << 16) or b""
+    except (OSError, ValueError):
+        initial = b""
+    return own, initial
+
+
+def _service_of(app: Any) -> LogService | None:
+    """The pipeline of an app made by ``create_app`` (None for any other WSGI app)."""
+    from logger.app import service_of  # Flask and the pipeline: imported in the worker, after the patch
+    try:
+        return service_of(app)
     except (AttributeError, KeyError):
         return None
 
 
 def post_worker_init(worker: Any) -> None:
-    """After monkey-patching: bind the upgrade handler to this worker's service and start it."""
-    service = _service(worker)
+    """After monkey-patching: start this worker's pipeline."""
+    service = _service_of(worker.wsgi)
     if service is None:
         worker.log.warning("the WSGI app was not made by logger.app.create_app: pipeline not started")
         return
-    settings = service.settings
-    worker.wsgi_handler = type("BoundUpgradeHandler", (worker.wsgi_handler,), {
-        "service": service, "idle_timeout_s": max(worker.cfg.keepalive, 1),
-        "head_timeout_s": settings.http_head_timeout_s, "body_timeout_s": settings.http_body_timeout_s,
-        "max_header_bytes": settings.http_max_header_bytes})
     service.start()
     # Everything loaded so far (Flask, kafka-python, OpenTelemetry, protobuf...) lives
     # as long as the worker: move it out of the cyclic GC's reach. A full collection
@@ -288,7 +332,7 @@ def post_worker_init(worker: Any) -> None:
 
 def drain(worker: Any) -> None:
     """Flush and close the pipeline inside graceful_timeout (leaving time to exit)."""
-    service = _service(worker)
+    service = _service_of(worker.wsgi)
     if service is not None:
         service.stop(timeout=max(worker.cfg.graceful_timeout - 3, 1))
 

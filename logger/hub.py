@@ -89,7 +89,6 @@ class Subscription:
         return cls(wanted, tail, since)
 
 
-SUBSCRIPTION_KEY = "logger.subscription"  # where admit() leaves the parsed request in the environ
 
 
 class Hub:
@@ -110,8 +109,8 @@ class Hub:
 
     # -- admission ------------------------------------------------------------------
 
-    def admit(self, environ: dict[str, Any]) -> None:
-        """Raise Refusal unless this upgrade request may become a client.
+    def admit(self, environ: dict[str, Any]) -> Subscription:
+        """What this upgrade request subscribes to; Refusal unless it may become a client.
 
         CORS does not protect WebSockets: a page on any origin may open one.
         A browser always sends ``Origin``, so one that is neither a configured
@@ -138,7 +137,7 @@ class Hub:
         if not self._room_for(subscription.filter):
             self.counters["refused_regex"] += 1
             raise Refusal("503 Service Unavailable", self._no_room)
-        environ[SUBSCRIPTION_KEY] = subscription
+        return subscription
 
     @property
     def _no_room(self) -> str:
@@ -154,6 +153,15 @@ class Hub:
         current = client.subscription if client is not None else None
         freed = current is not None and current.regex is not None and self._groups.get(current) == {client}
         return self._regex_groups - freed < self.settings.max_regex_filters
+
+    def connect(self, sock: Any, address: str, subscription: Subscription, initial: bytes = b"") -> None:
+        """An upgraded connection (see ``gunicorn_worker.UpgradeHandler``) becomes a client."""
+        settings = self.settings
+        client = WebSocketConnection(sock, address, max_pending=settings.client_buffer_bytes,
+                                     max_message_bytes=settings.max_message_bytes,
+                                     max_fragments=settings.max_fragments,
+                                     stall_timeout_s=settings.client_stall_timeout_s)
+        self.attach(client, subscription, initial)
 
     def attach(self, client: WebSocketConnection, subscription: Subscription | None = None,
                initial: bytes = b"") -> None:

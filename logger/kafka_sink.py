@@ -17,16 +17,10 @@ from kafka import KafkaProducer
 from kafka import errors as kafka_errors
 
 from logger.config import Settings
-from logger.errors import LoggerServiceError
+from logger.errors import PublishError
 from logger.kafka_source import connection_config, describe_kafka_error
 
 log = logging.getLogger(__name__)
-
-
-class PublishError(LoggerServiceError):
-    """Kafka did not take the values; nothing is known to be stored."""
-
-    retriable = True
 
 
 class KafkaPublisher:

@@ -14,7 +14,6 @@ kafka-python's own lines (which can name the SASL user) are not printed at all.
 from __future__ import annotations
 
 import logging
-import logging.config
 import sys
 import time
 from typing import Any
@@ -77,9 +76,3 @@ def gunicorn_logconfig(level: str = "info", log_format: str = "auto", access_log
             "kafka": {"level": "WARNING", "handlers": [], "propagate": False},
         },
     }
-
-
-def configure_logging(level: str = "info", log_format: str = "auto") -> None:
-    """The same set-up outside Gunicorn (scripts, ``python -m``)."""
-    logging.config.dictConfig(gunicorn_logconfig(level, log_format))
-

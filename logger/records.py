@@ -43,8 +43,8 @@ SERVICE_KEYS = ("service", "service.name", "service_name", "serviceName", "app",
 MESSAGE_KEYS = ("message", "msg", "body", "log", "text")
 
 # OTLP SeverityNumber (logs data model) for each spelling, with the canonical
-# level name clients see and filter on.
-_LEVELS: dict[str, tuple[int, str]] = {}
+# level name clients see and filter on (``filters`` reads the numbers of the names).
+LEVELS: dict[str, tuple[int, str]] = {}
 for _names, _number, _canonical in (
     (("trace", "trc", "finest", "verbose"), 1, "trace"),
     (("debug", "dbg", "fine", "finer"), 5, "debug"),
@@ -57,7 +57,7 @@ for _names, _number, _canonical in (
     (("emergency", "emerg", "panic"), 23, "fatal"),
 ):
     for _name in _names:
-        _LEVELS[_name] = (_number, _canonical)
+        LEVELS[_name] = (_number, _canonical)
 # Numeric syslog severities (RFC 5424): 0 emergency ... 7 debug.
 _SYSLOG = {0: "emergency", 1: "alert", 2: "critical", 3: "error",
            4: "warning", 5: "notice", 6: "info", 7: "debug"}
@@ -129,6 +129,9 @@ def decode(value: bytes | None, *, topic: str = "", partition: int = -1, offset:
     record = _decode(value, topic, partition, offset, kafka_timestamp_ms, default_service, max_bytes)
     if key is not None or headers:
         _add_key_and_headers(record, key, headers)
+    attributes = record.attributes
+    if not record.trace_id and ("trace_id" in attributes or "traceId" in attributes):
+        _take_trace_fields(record)  # a valid traceparent header outranks them: then they stay attributes
     if keep_raw:
         record.raw = value
     return record
@@ -215,11 +218,8 @@ def _from_object(attributes: dict[str, Any], fallback_ns: int, default_service: 
         message = orjson.dumps(message).decode()
     number, level = severity
     # Positional: the constructor is on the hot path, and keywords cost ~40 % more.
-    record = LogRecord(fallback_ns if time_ns is None else time_ns, number, level, service, message,
-                       attributes, *position, None, size)
-    if "trace_id" in attributes or "traceId" in attributes:
-        _take_trace_fields(record)
-    return record
+    return LogRecord(fallback_ns if time_ns is None else time_ns, number, level, service, message,
+                     attributes, *position, None, size)
 
 
 def _take_trace_fields(record: LogRecord) -> None:
@@ -249,7 +249,7 @@ def _take_trace_fields(record: LogRecord) -> None:
 def _add_key_and_headers(record: LogRecord, key: bytes | None, headers: list[tuple[str, bytes | None]] | None
                          ) -> None:
     """The Kafka key and headers as attributes; a valid ``traceparent`` header sets the
-    trace context instead (it outranks JSON fields, which then stay attributes)."""
+    trace context instead."""
     attributes = record.attributes
     if key is not None:
         attributes[KEY_ATTRIBUTE] = _bytes_text(key)
@@ -257,10 +257,6 @@ def _add_key_and_headers(record: LogRecord, key: bytes | None, headers: list[tup
         if name.lower() == "traceparent":
             parsed = trace_context.parse_traceparent(raw)
             if parsed is not None:
-                if record.trace_id and record.trace_id != parsed[0]:
-                    attributes["trace_id"] = record.trace_id.hex()
-                    if record.span_id:
-                        attributes["span_id"] = record.span_id.hex()
                 record.trace_id, record.span_id, record.trace_flags = parsed
                 continue
         text = None if raw is None else _bytes_text(raw)
@@ -300,12 +296,12 @@ def parse_level(value: Any) -> tuple[int, str] | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return _LEVELS.get(_SYSLOG.get(value, ""))
+        return LEVELS.get(_SYSLOG.get(value, ""))
     if isinstance(value, str):
         word = value.strip().lower()
         if word.isdigit():
-            return _LEVELS.get(_SYSLOG.get(int(word), ""))
-        return _LEVELS.get(word)
+            return LEVELS.get(_SYSLOG.get(int(word), ""))
+        return LEVELS.get(word)
     return None
 
 

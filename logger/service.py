@@ -32,6 +32,12 @@ from logger.status import DEGRADED, DISABLED, IDLE, OK, STARTING, ComponentStatu
 
 log = logging.getLogger(__name__)
 
+# How stop() spends its budget, in this order (STYLE: bounded shutdown, fixed order).
+READERS_SHARE = 0.6  # readers flush, export and commit within this share of the budget
+CLIENTS_CLOSE_S = 2.0  # then the WebSockets get this long to answer our close frame (at most)
+KILL_WAIT_S = 1.0  # readers still running after that are killed, waiting this long
+MIN_WAIT_S = 0.1  # no step gets less, however late it starts
+
 
 class LogService:
     def __init__(self, settings: Settings) -> None:
@@ -117,20 +123,21 @@ class LogService:
         self._stop.set()
         # Readers flush their last batch, export it and commit; a collector that
         # is down gets most of the budget, then is abandoned (offsets stay uncommitted).
-        gevent.joinall(self._readers, timeout=max(timeout * 0.6, 0.1))
+        gevent.joinall(self._readers, timeout=max(timeout * READERS_SHARE, MIN_WAIT_S))
         if any(not g.dead for g in self._readers):
             self._abandon.set()
             if self._sink is not None:
                 self._sink.shutdown()
-            gevent.joinall(self._readers, timeout=max(deadline - time.monotonic() - 2.5, 0.1))
-            gevent.killall([g for g in self._readers if not g.dead], timeout=1)
+            left_for_readers = deadline - time.monotonic() - CLIENTS_CLOSE_S - KILL_WAIT_S / 2
+            gevent.joinall(self._readers, timeout=max(left_for_readers, MIN_WAIT_S))
+            gevent.killall([g for g in self._readers if not g.dead], timeout=KILL_WAIT_S)
         elif self._sink is not None:
             self._sink.shutdown()
         if self._keepalive is not None:
             self._keepalive.kill(block=False)
         if self._publisher is not None:
             self._publisher.close()
-        self.hub.close_all(timeout=max(min(deadline - time.monotonic(), 2.0), 0.1))
+        self.hub.close_all(timeout=max(min(deadline - time.monotonic(), CLIENTS_CLOSE_S), MIN_WAIT_S))
         log.info("drained in %.2fs", timeout - (deadline - time.monotonic()))
 
     def readiness(self) -> tuple[bool, dict[str, str]]:

@@ -170,10 +170,9 @@ def test_distinct_regex_filters_per_worker_are_capped():
     hub = Hub(Settings(max_regex_filters=2))
     clients = []
     for pattern in ("a%2B", "b%2B"):  # a+, b+
-        environ = {"QUERY_STRING": f"regex={pattern}"}
-        hub.admit(environ)
+        subscription = hub.admit({"QUERY_STRING": f"regex={pattern}"})
         clients.append(FakeClient())
-        hub.attach(clients[-1], environ["logger.subscription"])
+        hub.attach(clients[-1], subscription)
     with pytest.raises(Refusal) as refused:
         hub.admit({"QUERY_STRING": "regex=c%2B"})
     assert refused.value.status.startswith("503")
