@@ -105,14 +105,26 @@ class _Backlog:
         self.last_progress = time.monotonic()  # when the writer last finished a frame
 
 
+class _Hold:
+    """Live batches kept back while the peer paused or a replay goes out first."""
+
+    __slots__ = ("frames", "size", "paused", "replay")
+
+    def __init__(self) -> None:
+        self.frames: deque[bytes] = deque()
+        self.size = 0  # bytes in frames
+        self.paused = False  # by the peer's request
+        self.replay: Iterator[bytes] | None = None  # replay frames still to encode and send
+
+
 class WebSocketConnection:
     """One upgraded connection. Every method runs without blocking; call them from
     any greenlet (the owner's methods run in gevent's hub or the writer greenlet)."""
 
     # __slots__ keeps an idle connection small: 10,000 of them is the design point.
     __slots__ = ("sock", "_raw", "address", "protocol", "max_pending", "stall_timeout_s", "last_seen", "dropped",
-                 "_backlog", "_held", "_held_bytes", "_paused", "_replay", "_unhandled", "_watcher", "_owner",
-                 "had_backlog", "subscription", "__weakref__")
+                 "_backlog", "_hold", "_unhandled", "_watcher", "_owner", "had_backlog", "subscription",
+                 "__weakref__")
 
     def __init__(self, sock: socket.socket, address: str = "", *, max_pending: int = 4 << 20,
                  max_message_bytes: int = 64 << 10, max_fragments: int = 128,
@@ -128,10 +140,7 @@ class WebSocketConnection:
         self.last_seen = time.monotonic()
         self.dropped = 0  # batches lost since the owner was last told (caught_up)
         self._backlog: _Backlog | None = None  # only while the socket would block
-        self._held: deque[bytes] | None = None  # batches kept while paused or replaying
-        self._held_bytes = 0
-        self._paused = False  # by the peer's request
-        self._replay: Iterator[bytes] | None = None  # replay frames still to encode and send
+        self._hold: _Hold | None = None  # only while paused or replaying
         self._unhandled: deque[Event] | None = None  # events left for the loop's next turn; reading paused
         self._watcher: Any = None
         self._owner: Owner | None = None
@@ -164,28 +173,30 @@ class WebSocketConnection:
 
     @property
     def paused(self) -> bool:
-        return self._paused
+        return self._hold is not None and self._hold.paused
 
     def pause(self) -> None:
         """Hold batches (not control frames) until :meth:`resume`, within the same bound."""
-        self._paused = True
-        if self._held is None:
-            self._held = deque()
+        if self._hold is None:
+            self._hold = _Hold()
+        self._hold.paused = True
 
     def resume(self) -> None:
-        self._paused = False
-        if self._replay is None:  # else the replay's end releases them
-            self._release_held()
+        hold = self._hold
+        if hold is not None:
+            hold.paused = False
+            if hold.replay is None:  # else the replay's end releases them
+                self._release_held()
         if self._backlog is None:  # everything held went out at once
             self._report_caught_up()
 
     def _release_held(self) -> None:
-        held, self._held, self._held_bytes = self._held, None, 0
-        for frame in held or ():
+        hold, self._hold = self._hold, None
+        for frame in hold.frames if hold is not None else ():
             self.send(frame)
 
     def _report_caught_up(self) -> None:
-        if self.dropped and not self.closing and self._held is None:
+        if self.dropped and not self.closing and self._hold is None:
             lost, self.dropped = self.dropped, 0
             if self._owner is not None:
                 self._owner.caught_up(self, lost)
@@ -204,9 +215,9 @@ class WebSocketConnection:
         """
         if self.closing:
             return
-        self._replay = iter(frames)
-        if self._held is None:
-            self._held = deque()
+        if self._hold is None:
+            self._hold = _Hold()
+        self._hold.replay = iter(frames)
         if self._backlog is None:
             self._start_writer(deque(), 0)
 
@@ -217,11 +228,12 @@ class WebSocketConnection:
         self._send(frame, droppable)
 
     def _send(self, frame: bytes, droppable: bool) -> None:
-        if droppable and self._held is not None:
-            self._held.append(frame)
-            self._held_bytes += len(frame)
-            while self._held_bytes > self.max_pending and len(self._held) > 1:
-                self._held_bytes -= len(self._held.popleft())
+        hold = self._hold
+        if droppable and hold is not None:
+            hold.frames.append(frame)
+            hold.size += len(frame)
+            while hold.size > self.max_pending and len(hold.frames) > 1:
+                hold.size -= len(hold.frames.popleft())
                 self._lose_batch()
             return
         if self._backlog is not None:  # the hub's keepalive calls check_stall() every second
@@ -312,7 +324,7 @@ class WebSocketConnection:
         backlog.queue = kept
         backlog.size = sum(len(entry[0]) for entry in kept)  # two entries
         backlog.droppable, backlog.undroppable_cost, backlog.pong = deque(), 0, None
-        self._replay, self._held, self._held_bytes = None, None, 0
+        self._hold = None
         metrics.CLIENTS_CLOSED.labels(counted_as).inc()
         gevent.spawn_later(CLOSE_WAIT_S, self.abort)
 
@@ -337,7 +349,7 @@ class WebSocketConnection:
                     gevent.sleep(0)  # one chunk encoded: let the others run
                     continue
                 if not backlog.queue:
-                    if self.dropped and not self.closing and self._held is None:
+                    if self.dropped and not self.closing and self._hold is None:
                         self._report_caught_up()  # the owner queues its notice behind us
                         continue
                     break
@@ -359,12 +371,13 @@ class WebSocketConnection:
     def _next_replay_frame(self) -> bool:
         """Queue the next replay frame; at the end, release the batches held meanwhile.
         False when there is nothing more to write."""
-        if self._replay is None or self.closing:
+        hold = self._hold
+        if hold is None or hold.replay is None or self.closing:
             return False
-        frame = next(self._replay, None)
+        frame = next(hold.replay, None)
         if frame is None:
-            self._replay = None
-            if not self._paused:
+            hold.replay = None
+            if not hold.paused:
                 self._release_held()  # queued behind us: the writer goes on with them
             return bool(self._backlog is not None and self._backlog.queue)
         self._enqueue(frame, False, charged=False)
@@ -492,7 +505,7 @@ class WebSocketConnection:
         backlog, self._backlog = self._backlog, None
         if backlog is not None and backlog.writer is not None and backlog.writer is not gevent.getcurrent():
             backlog.writer.kill(block=False)
-        self._held, self._replay, self._unhandled = None, None, None
+        self._hold, self._unhandled = None, None
         try:
             self.sock.close()
         except OSError:

@@ -355,7 +355,7 @@ def test_a_replay_is_encoded_as_the_peer_reads_and_live_batches_wait_behind_it(t
     live = [encode_frame(b"L%04d" % number + b"l" * 3000) for number in range(40)]
     for frame in live:
         client.send(frame)  # held behind the replay, within the bound
-    assert client._held_bytes <= (64 << 10)
+    assert client._hold.size <= (64 << 10)
     got = []
     with gevent.Timeout(20):
         while True:
