@@ -45,6 +45,11 @@ class State(enum.Enum):
     CLOSED = 3  # the TCP connection is gone
 
 
+# Module names for the states: ``State.OPEN`` goes through the Enum metaclass, ~90 ns a
+# lookup on Python 3.11, and the state is checked on every send of the fan-out.
+OPEN, CLOSING, CLOSED = State.OPEN, State.CLOSING, State.CLOSED
+
+
 # -- events -------------------------------------------------------------------------
 
 
@@ -120,7 +125,7 @@ class ServerProtocol:
                  "_utf8", "_events", "_pong", "_output", "_input_closed")
 
     def __init__(self, *, max_message_bytes: int = 64 << 10, max_fragments: int = 128) -> None:
-        self.state = State.OPEN
+        self.state = OPEN
         self.max_message_bytes = max_message_bytes
         self.max_fragments = max_fragments
         self._inbox: bytearray | None = None  # an incomplete frame; None while idle
@@ -136,7 +141,7 @@ class ServerProtocol:
 
     def receive_data(self, data: bytes) -> None:
         """Parse what arrived: complete frames become events, a partial one waits."""
-        if self._input_closed or self.state is State.CLOSED:
+        if self._input_closed or self.state is CLOSED:
             return
         inbox = self._inbox
         if inbox is not None:
@@ -178,14 +183,14 @@ class ServerProtocol:
 
     def send_close(self, code: int = NORMAL, reason: str = "") -> bytes | None:
         """Start the closing handshake: our close frame, or None if one was already sent."""
-        if self.state is not State.OPEN:
+        if self.state is not OPEN:
             return None
-        self.state = State.CLOSING
+        self.state = CLOSING
         self._pong = None  # nothing goes after a close frame
         return close_frame(code, reason)
 
     def connection_lost(self) -> None:
-        self.state = State.CLOSED
+        self.state = CLOSED
         self._inbox = self._fragments = self._utf8 = self._events = self._pong = self._output = None
 
     @property
@@ -212,7 +217,7 @@ class ServerProtocol:
 
     def _handle_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
-            if self.state is State.OPEN:
+            if self.state is OPEN:
                 self._pong = payload  # coalesced: only the latest is answered
             self._event(Ping(payload))
         elif opcode == OP_PONG:
@@ -221,8 +226,8 @@ class ServerProtocol:
             code, reason = _parse_close(payload)
             self._input_closed = True
             self._fragments = self._utf8 = None
-            if self.state is State.OPEN:  # the peer closes: answer with its code
-                self.state = State.CLOSING
+            if self.state is OPEN:  # the peer closes: answer with its code
+                self.state = CLOSING
                 self._pong = None
                 self._output = [close_frame(code)]
             self._event(Close(code, reason))
@@ -239,7 +244,7 @@ class ServerProtocol:
             if fin:
                 text = "".join(fragments)
                 self._fragments, self._fragment_bytes, self._utf8 = None, 0, None
-                if self.state is State.OPEN:
+                if self.state is OPEN:
                     self._event(TextMessage(text))
         elif self._fragments is not None:
             raise ProtocolViolation(PROTOCOL_ERROR, "new message inside a fragmented one")
@@ -266,7 +271,7 @@ class ServerProtocol:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolViolation(INVALID_PAYLOAD, "text message is not valid UTF-8") from None
-        if self.state is State.OPEN:  # after our close, messages are read but mean nothing
+        if self.state is OPEN:  # after our close, messages are read but mean nothing
             self._event(TextMessage(text))
 
 

@@ -50,14 +50,15 @@ from gevent import get_hub
 from logger import metrics
 from logger.ws_protocol import (
     CLOSE_FIRST_BYTE,
+    CLOSED,
     NORMAL,
+    OPEN,
     PONG_FIRST_BYTE,
     POLICY_VIOLATION,
     Close,
     Event,
     ProtocolError,
     ServerProtocol,
-    State,
     TextMessage,
     close_frame,
 )
@@ -150,11 +151,11 @@ class WebSocketConnection:
     @property
     def closing(self) -> bool:
         """A close frame went one way or the other: no more batches."""
-        return self.protocol.state is not State.OPEN
+        return self.protocol.state is not OPEN
 
     @property
     def closed(self) -> bool:
-        return self.protocol.state is State.CLOSED
+        return self.protocol.state is CLOSED
 
     def start(self, owner: Owner, initial: bytes = b"") -> None:
         """Begin reading and reporting to ``owner``. ``initial`` holds bytes the HTTP
@@ -222,10 +223,10 @@ class WebSocketConnection:
             self._start_writer(deque(), 0)
 
     def send(self, frame: bytes, droppable: bool = True) -> None:
-        """Queue one encoded frame; drop old batches rather than grow past the bound."""
-        if self.closing:
-            return
-        self._send(frame, droppable)
+        """Queue one encoded frame; drop old batches rather than grow past the bound.
+        Nothing is sent once a close frame went either way."""
+        if self.protocol.state is OPEN:  # not self.closing: a property costs a call per delivery
+            self._send(frame, droppable)
 
     def _send(self, frame: bytes, droppable: bool) -> None:
         hold = self._hold
