@@ -142,7 +142,7 @@ class WebSocketConnection:
         self.dropped = 0  # batches lost since the owner was last told (caught_up)
         self._backlog: _Backlog | None = None  # only while the socket would block
         self._hold: _Hold | None = None  # only while paused or replaying
-        self._unhandled: deque[Event] | None = None  # events left for the loop's next turn; reading paused
+        self._unhandled: deque[Event | bytes] | None = None  # left for the loop's next turn; reading paused
         self._watcher: Any = None
         self._owner: Owner | None = None
         self.had_backlog = False  # ever needed a writer: its frames' memory is worth giving back
@@ -438,20 +438,25 @@ class WebSocketConnection:
     def _receive(self, data: bytes) -> None:
         """Hand what arrived to the protocol, write its answers, act on its events."""
         self.last_seen = time.monotonic()
-        protocol = self.protocol
-        protocol.receive_data(data)
-        events = protocol.events_received()
-        if events:
-            self._handle(deque(events))
+        self._handle(deque((data if type(data) is bytes else bytes(data),)))
 
-    def _handle(self, events: deque[Event]) -> None:
-        """Act on events until they are done or the slice is used up; then the rest
-        waits for the loop's next turn with reading stopped, so that what the peer
-        sends meanwhile waits in the kernel, not here."""
+    def _handle(self, events: deque[Event | bytes]) -> None:
+        """Parse input and act on the events it makes until all is done or the slice is
+        used up; then the rest waits for the loop's next turn with reading stopped, so
+        that what the peer sends meanwhile waits in the kernel, not here.
+
+        Input not parsed yet (``bytes``) is always last in ``events``, and is parsed
+        ``READ_BYTES`` at a time: the bytes read past the upgrade request can be 64 KiB.
+        """
         deadline = time.monotonic() + WORK_SLICE_S
         while events and not self.closed:
             event = events.popleft()
-            if type(event) is TextMessage:
+            if type(event) is bytes:
+                self.protocol.receive_data(event[:READ_BYTES])
+                events.extend(self.protocol.events_received())
+                if len(event) > READ_BYTES:
+                    events.append(event[READ_BYTES:])
+            elif type(event) is TextMessage:
                 if self._owner is not None:
                     self._owner.message_received(self, event.text)
             else:

@@ -442,3 +442,28 @@ def test_the_hub_counts_what_a_slow_client_lost_and_tells_it_once_it_caught_up()
     assert len(logs) + lost == 40
     client.abort()
     peer.close()
+
+
+def test_bytes_read_past_the_upgrade_are_parsed_a_slice_at_a_time_letting_others_run():
+    server, peer = socket.socketpair()
+    client = WebSocketConnection(server, "initial")
+    received: list[str] = []
+    ticks: list[int] = []
+
+    def ticker() -> None:
+        while len(received) < 8000:
+            ticks.append(len(received))
+            gevent.sleep(0)
+    gevent.spawn(ticker)
+    gevent.sleep(0)
+    initial = b"".join(masked(b"%d" % i) for i in range(8000))  # ~64 KiB of tiny messages
+    assert len(initial) > 8 * 4096
+    client.start(Recorder(received), initial=initial)
+    left = client._unhandled
+    assert left is not None and type(left[-1]) is bytes, "input not parsed yet waits, as bytes, for the next turn"
+    assert client.protocol._inbox is None or len(client.protocol._inbox) < 4096
+    wait_for(lambda: len(received) == 8000)
+    assert received == ["%d" % i for i in range(8000)]
+    assert any(0 < n < 8000 for n in ticks), "the loop ran others while the initial bytes were parsed"
+    client.abort()
+    peer.close()
