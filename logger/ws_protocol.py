@@ -110,7 +110,9 @@ def encode_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    return encode_frame(struct.pack("!H", code) + reason.encode()[:123], OP_CLOSE)
+    """A close frame; the reason is cut to the 123 bytes that fit, never inside a character."""
+    cut = reason.encode()[:123].decode("utf-8", "ignore").encode()
+    return encode_frame(struct.pack("!H", code) + cut, OP_CLOSE)
 
 
 PONG_FIRST_BYTE = 0x80 | OP_PONG  # how a transport recognises a queued pong (to coalesce it)

@@ -27,9 +27,11 @@ from logger.ws_protocol import (
     ServerProtocol,
     State,
     TextMessage,
+    close_frame,
     parse_frame,
 )
 from tests.ws_conformance import CLOSE_CASES, FRAGMENTATION_CASES, UTF8_CASES, Case
+from tests.ws_frames import Close as WsClose
 from tests.ws_frames import FrameReader, Opcode, close_code, masked
 
 
@@ -179,3 +181,12 @@ def test_random_bytes_in_random_pieces_end_open_or_closing_with_a_valid_close_fr
         assert close_code(closes[0]) in (1002, 1003, 1007, 1008, 1009) or 1000 <= close_code(closes[0]) <= 4999
     assert all(opcode in (Opcode.PONG, Opcode.CLOSE) for opcode, _ in frames)
     assert OP_TEXT not in [opcode.value for opcode, _ in frames]
+
+
+def test_a_long_reason_is_cut_to_fit_a_control_frame_never_inside_a_character():
+    frame = close_frame(1008, "é" * 100)  # 200 bytes of reason
+    reader = FrameReader()
+    reader.feed(frame)
+    (parsed,) = reader.frames()
+    close = WsClose.parse(bytes(parsed.data))
+    assert close.code == 1008 and close.reason == "é" * 61
