@@ -27,6 +27,7 @@ from __future__ import annotations
 import codecs
 import enum
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -172,8 +173,10 @@ class ServerProtocol:
         events, self._events = self._events, None
         return events or []
 
-    def data_to_send(self) -> list[bytes]:
+    def data_to_send(self) -> Sequence[bytes]:
         """Frames to write, in order: the coalesced pong, then any close frame."""
+        if self._pong is None and self._output is None:
+            return ()  # the common case, asked before every reply: no list made
         out: list[bytes] = []
         if self._pong is not None:
             out.append(encode_frame(self._pong, OP_PONG))

@@ -451,25 +451,29 @@ class WebSocketConnection:
         deadline = time.monotonic() + WORK_SLICE_S
         while events and not self.closed:
             event = events.popleft()
-            if type(event) is bytes:
+            kind = type(event)
+            if kind is bytes:
                 self.protocol.receive_data(event[:READ_BYTES])
                 events.extend(self.protocol.events_received())
                 if len(event) > READ_BYTES:
                     events.append(event[READ_BYTES:])
-            elif type(event) is TextMessage:
+            elif kind is TextMessage:
+                self._flush_protocol()  # a pong owed goes before the reply
                 if self._owner is not None:
                     self._owner.message_received(self, event.text)
-            else:
+            elif kind is ProtocolError:
                 self._flush_protocol()
-                if type(event) is ProtocolError:
-                    log.info("closing WebSocket %s: %s (%d)", self.address, event.reason, event.code)
-                    metrics.CLIENTS_CLOSED.labels("protocol").inc()
-                    # The protocol ignores the peer's input from now on, but we keep reading it
-                    # until the peer hangs up or the close timer aborts us: closing a socket with
-                    # unread input makes the kernel send a reset, and the peer would lose our
-                    # close frame and its code.
-                elif type(event) is Close:
-                    self.abort_when_flushed()  # our close (or our answer to its close) is written
+                log.info("closing WebSocket %s: %s (%d)", self.address, event.reason, event.code)
+                metrics.CLIENTS_CLOSED.labels("protocol").inc()
+                # The protocol ignores the peer's input from now on, but we keep reading it
+                # until the peer hangs up or the close timer aborts us: closing a socket with
+                # unread input makes the kernel send a reset, and the peer would lose our
+                # close frame and its code.
+            elif kind is Close:
+                self._flush_protocol()
+                self.abort_when_flushed()  # our close (or our answer to its close) is written
+            # Ping and Pong: reading is all a pong is for, and the protocol coalesced the
+            # pongs we owe; they are written before the next message's reply, or below.
             if events and time.monotonic() > deadline:
                 break
         self._flush_protocol()

@@ -80,7 +80,7 @@ def test_a_connection_starts_open_and_ends_closed():
     protocol.connection_lost()
     assert protocol.state is State.CLOSED
     protocol.receive_data(masked(b"ignored"))
-    assert protocol.events_received() == [] and protocol.data_to_send() == []
+    assert protocol.events_received() == [] and not protocol.data_to_send()
 
 
 def test_events_in_order_and_the_pong_in_data_to_send():
@@ -89,7 +89,7 @@ def test_events_in_order_and_the_pong_in_data_to_send():
                           + masked(b"", OP_PONG))
     assert protocol.events_received() == [Ping(b"p1"), TextMessage("hello"), Pong(b"")]
     assert written(protocol) == [(Opcode.PONG, b"p1")]
-    assert protocol.events_received() == [] and protocol.data_to_send() == []
+    assert protocol.events_received() == [] and not protocol.data_to_send()
 
 
 def test_pings_between_two_writes_are_answered_by_one_pong_with_the_latest_payload():
@@ -106,10 +106,10 @@ def test_our_close_then_the_peers_answer():
     assert protocol.send_close(1000) is None, "one close frame only"
     protocol.receive_data(masked(b"late message") + masked(b"x", OP_PING))
     assert [type(e) for e in protocol.events_received()] == [Ping], "read, but meaning nothing now"
-    assert protocol.data_to_send() == [], "no pong after our close"
+    assert not protocol.data_to_send(), "no pong after our close"
     protocol.receive_data(masked(struct.pack("!H", 1001), OP_CLOSE))
     assert protocol.events_received() == [Close(1001, "")]
-    assert protocol.data_to_send() == [], "the handshake is complete: nothing more to write"
+    assert not protocol.data_to_send(), "the handshake is complete: nothing more to write"
 
 
 def test_the_peers_close_is_echoed_and_later_input_ignored():
@@ -119,7 +119,7 @@ def test_the_peers_close_is_echoed_and_later_input_ignored():
     assert written(protocol) == [(Opcode.CLOSE, struct.pack("!H", 3001))]
     assert protocol.state is State.CLOSING and protocol.close_received
     protocol.receive_data(masked(b"more") + masked(b"", OP_CLOSE))
-    assert protocol.events_received() == [] and protocol.data_to_send() == []
+    assert protocol.events_received() == [] and not protocol.data_to_send()
 
 
 def test_a_violation_is_an_event_with_its_code_and_input_is_ignored_after_it():
