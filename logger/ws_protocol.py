@@ -16,10 +16,14 @@ Every cost a peer can cause is bounded here, per frame and per message (issue
 12), by plain counters next to the state: a frame costs O(1) besides its
 payload (running totals, never a re-sum); a partial frame waits in one
 ``bytearray`` that grows, never re-copied per read; a message may come in at
-most ``max_fragments`` pieces and ``max_message_bytes`` bytes; pings are
-coalesced, so however many arrive between two writes, one pong (with the
-latest payload, RFC 6455 §5.5.3) is queued. How much input one call parses is
-the caller's choice (the transport reads a slice at a time).
+most ``max_fragments`` pieces and ``max_message_bytes`` bytes. Every ping gets
+its pong here (at most one per 6 bytes received, and the transport parses a
+slice at a time); the transport coalesces pongs that wait in its queue for a
+peer that does not read (RFC 6455 §5.5.3 lets us answer only the latest).
+Coalescing here too, one pong per read, was tried: a flooding peer that never
+reads then stalled its own sending on loopback (its 4 KiB receive buffer full
+of 2-byte segments, 4 MB stuck in its send queue, nothing in ours), and
+``test_ping_flood_from_a_client_that_does_not_read`` failed.
 """
 
 from __future__ import annotations
@@ -136,7 +140,7 @@ class ServerProtocol:
         self._fragment_bytes = 0  # running total of the fragments' bytes
         self._utf8: codecs.IncrementalDecoder | None = None  # checks fragments as they come
         self._events: list[Event] | None = None
-        self._pong: bytes | None = None  # the latest ping's payload, not yet answered
+        self._pong: list[bytes] | None = None  # payloads of the pings not yet answered
         self._output: list[bytes] | None = None  # close frames to write
         self._input_closed = False  # the peer's close was answered, or it broke the protocol
 
@@ -174,12 +178,12 @@ class ServerProtocol:
         return events or []
 
     def data_to_send(self) -> Sequence[bytes]:
-        """Frames to write, in order: the coalesced pong, then any close frame."""
+        """Frames to write, in order: pongs, then any close frame."""
         if self._pong is None and self._output is None:
             return ()  # the common case, asked before every reply: no list made
         out: list[bytes] = []
         if self._pong is not None:
-            out.append(encode_frame(self._pong, OP_PONG))
+            out += [encode_frame(payload, OP_PONG) for payload in self._pong]
             self._pong = None
         if self._output is not None:
             out += self._output
@@ -223,7 +227,10 @@ class ServerProtocol:
     def _handle_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
             if self.state is OPEN:
-                self._pong = payload  # coalesced: only the latest is answered
+                if self._pong is None:
+                    self._pong = [payload]
+                else:
+                    self._pong.append(payload)
             self._event(Ping(payload))
         elif opcode == OP_PONG:
             self._event(Pong(payload))

@@ -57,6 +57,7 @@ from logger.ws_protocol import (
     POLICY_VIOLATION,
     Close,
     Event,
+    Ping,
     ProtocolError,
     ServerProtocol,
     TextMessage,
@@ -472,8 +473,9 @@ class WebSocketConnection:
             elif kind is Close:
                 self._flush_protocol()
                 self.abort_when_flushed()  # our close (or our answer to its close) is written
-            # Ping and Pong: reading is all a pong is for, and the protocol coalesced the
-            # pongs we owe; they are written before the next message's reply, or below.
+            elif kind is Ping:
+                self._flush_protocol()  # the pongs of this slice; queued ones are coalesced
+            # Pong: reading it (last_seen) is all it is for.
             if events and time.monotonic() > deadline:
                 break
         self._flush_protocol()
