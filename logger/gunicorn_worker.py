@@ -110,7 +110,8 @@ class UpgradeHandler(WebSocketHandler):
 
     @property
     def service(self) -> LogService | None:
-        return _service_of(self.application)
+        # The server's: pywsgi sets self.application only after reading a request's head.
+        return _service_of(self.server.application)
 
     @property
     def settings(self) -> Settings:
