@@ -1,0 +1,164 @@
+"""50,000 idle clients on one worker (issue #15, "more clients per worker").
+
+    python -m bench.many [--clients 50000] [--sources 4] [--health 20] [--batches 3] [--json PATH]
+
+One Gunicorn worker (``WS_MAX_CLIENTS`` raised above the count; Gunicorn's
+``worker_connections`` follows it), ``FORWARD_ENABLED=false``, otherwise defaults,
+on a real broker. ``bench.clients`` opens the clients in steps of 10,000, bound in
+turn to the loopback source addresses 127.0.0.2, 127.0.0.3, ... (one address has
+only ~28,000 ephemeral ports); every 1,000th client is a probe in a process of
+its own (see ``bench.fanout.Clients``). ``RLIMIT_NOFILE`` is raised (as root) to
+65,536 for this process, the clients and the server, which inherit it.
+
+Measures:
+
+* worker RSS at 0 clients and at each step once stable → KB per client;
+* ``GET /health`` with every client connected: ``--health`` requests, 0.25 s apart;
+* one batch to everyone: a record is produced (time t0) and the clients' counters
+  are polled until every client has received it; the time from t0 to the last
+  client's receipt (and to the first), ``--batches`` times.
+
+Everything binds to 127.0.0.x; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.fanout import Clients, _settle
+from bench.procstat import CpuMeter, make_record, raise_nofile, rss_kb
+from devstack.kafka import KafkaBroker
+from devstack.service import ServiceProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+STEP = 10_000
+
+
+def _say(text: str) -> None:
+    print(f"  {text}", flush=True)
+
+
+def health_times(svc: ServiceProcess, n: int) -> dict[str, Any]:
+    times, answers = [], []
+    for _ in range(n):
+        began = time.monotonic()
+        health = svc.health()
+        if health is not None:
+            times.append(round((time.monotonic() - began) * 1000, 1))
+            answers.append(health.get("clients"))
+        time.sleep(0.25)
+    t = sorted(times)
+    return {"n": n, "answered": len(t), "ms": times, "median_ms": statistics.median(t) if t else None,
+            "max_ms": t[-1] if t else None, "clients_reported": answers[-1] if answers else None}
+
+
+def batch_to_all(clients: Clients, producer: Any, topic: str, seq: int, want: int,
+                 timeout: float = 60.0) -> dict[str, Any]:
+    """Produce one record; wait until ``want`` clients have each received one message."""
+    clients.call("stats", reset=True)
+    t0 = time.time()
+    producer.send(topic, make_record(seq, 120))
+    producer.flush(timeout=10)
+    got, g = 0, {}
+    while time.time() - t0 < timeout:
+        time.sleep(0.2)
+        g = clients.call("stats")["normal"]
+        got = g["messages"]
+        if got >= want:
+            break
+    out = {"clients": want, "received": got, "per_client": g.get("per_client_messages"),
+           "first_ms": round((g["first"] - t0) * 1000, 1) if g.get("first") else None,
+           "last_ms": round((g["last"] - t0) * 1000, 1) if g.get("last") else None,
+           "probe_latency_ms": g.get("latency_ms")}
+    _say(f"batch {seq}: {got:,}/{want:,} clients got it; first after {out['first_ms']} ms, "
+         f"last after {out['last_ms']} ms")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.many", description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=50_000)
+    parser.add_argument("--sources", type=int, default=4, help="source addresses 127.0.0.2 … 127.0.0.(1+N)")
+    parser.add_argument("--health", type=int, default=20, help="GET /health requests with everyone connected")
+    parser.add_argument("--batches", type=int, default=3, help="single-record batches timed to every client")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "many.json"))
+    args = parser.parse_args(argv)
+    nofile = raise_nofile()
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, interrupted)
+    sources = [f"127.0.0.{2 + i}" for i in range(args.sources)]
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-many-"))
+    results: dict[str, Any] = {"command": " ".join(["python -m bench.many", *(argv or sys.argv[1:])]),
+                               "nofile": nofile, "sources": sources, "load_average_at_start": os.getloadavg(),
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    print(f"bench.many: {args.clients:,} clients from {', '.join(sources)}; logs in {log_dir}", flush=True)
+    with KafkaBroker(log_dir / "kafka") as kafka:
+        topic = f"many-{uuid.uuid4().hex[:8]}"
+        kafka.create_topic(topic, 3)
+        svc = ServiceProcess({"KAFKA_BROKER_URL": kafka.bootstrap, "KAFKA_TOPIC": topic, "FORWARD_ENABLED": "false",
+                              "WS_MAX_CLIENTS": str(args.clients + 10_000), "ACCESS_LOG": "false",
+                              "LOG_LEVEL": "warning"}, workers=1, log_dir=log_dir)
+        svc.start(timeout=60, ready=lambda h: h["kafka"]["tail"]["state"] == "ok")
+        clients = Clients(log_dir)
+        producer = kafka.producer(linger_ms=0, acks=1)
+        try:
+            health = svc.health()
+            assert health is not None
+            pid = health["worker"]
+            base = _settle(pid)
+            results["rss_0_kb"] = base["rss_kb"]
+            _say(f"worker {pid}: RSS at 0 clients {base['rss_kb'] / 1024:.1f} MiB")
+            levels, current = [], 0
+            while current < args.clients:
+                n = min(STEP, args.clients - current)
+                conn = clients.connect(svc.port, n, sample_every=1000, concurrency=512, timeout=170,
+                                       sources=sources)
+                current += conn["connected"]
+                settled = _settle(pid)
+                level = {"clients": current, "connect_seconds": conn["seconds"], "errors": conn["errors"],
+                         **settled, "kb_per_client": round((settled["rss_kb"] - base["rss_kb"]) / current, 2),
+                         "load_average": os.getloadavg()[0]}
+                levels.append(level)
+                _say(f"{current:,} clients (+{conn['connected']:,} in {conn['seconds']} s): RSS "
+                     f"{settled['rss_kb'] / 1024:.1f} MiB, {level['kb_per_client']} KB/client; load "
+                     f"{level['load_average']:.2f}")
+                if conn["connected"] < n:
+                    break
+            results["levels"] = levels
+            cpu = CpuMeter(pid)
+            cpu.start()
+            time.sleep(10)
+            results["idle_worker_cpu"] = cpu.stop()
+            _say(f"worker CPU with {current:,} idle clients: {results['idle_worker_cpu']['cpu_percent']} %")
+            results["health"] = health_times(svc, args.health)
+            _say(f"/health with {current:,} clients: median {results['health']['median_ms']} ms, max "
+                 f"{results['health']['max_ms']} ms (reports {results['health']['clients_reported']} clients)")
+            open_now = clients.call("stats")["normal"]["open"]
+            results["batches"] = [batch_to_all(clients, producer, topic, i, open_now) for i in range(args.batches)]
+            results["rss_end_kb"] = rss_kb(pid)
+            results["load_average_at_end"] = os.getloadavg()
+        finally:
+            producer.close()
+            clients.close()
+            svc.stop(timeout=30)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    print(f"raw results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
