@@ -246,7 +246,51 @@ def run_forward(kafka: KafkaBroker, workers: int, count: int, log_dir: Path) -> 
     return out
 
 
-# -- plots ---------------------------------------------------------------------------------------
+# -- tables and plots ----------------------------------------------------------------------------
+
+def _median(values: list[Any]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def tables(results: dict[str, Any]) -> str:
+    """Markdown tables: medians over the runs (steps per offered rate, drains, forward)."""
+    lines = []
+    tail = results.get("tail") or {}
+    if tail:
+        lines += ["| clients | offered /s | produced /s | taken in /s | worker CPU % |", "|---:|---:|---:|---:|---:|"]
+        for n, runs in sorted(tail.items(), key=lambda kv: int(kv[0])):
+            for i, step in enumerate(runs[0]["steps"]):
+                same = [r["steps"][i] for r in runs]
+                lines.append(f"| {int(n):,} | {step['offered']:,} | "
+                             f"{_median([x['produced_per_s'] for x in same]):,.0f} | "
+                             f"{_median([x['intake_per_s'] for x in same]):,.0f} | "
+                             f"{_median([x['worker_cpu_percent'] for x in same])} |")
+        lines += ["", "| clients | drain records/s (runs) | worker CPU % | records per worker CPU-second | "
+                  "machine busy % | load avg |", "|---:|---:|---:|---:|---:|---:|"]
+        for n, runs in sorted(tail.items(), key=lambda kv: int(kv[0])):
+            d = [r["drain"] for r in runs]
+            each = ", ".join(f"{x['records_per_s']:,.0f}" for x in d)
+            lines.append(f"| {int(n):,} | {_median([x['records_per_s'] for x in d]):,.0f} ({each}) | "
+                         f"{_median([x['worker_cpu_percent'] for x in d])} | "
+                         f"{_median([x['records_per_cpu_s'] for x in d]):,.0f} | "
+                         f"{_median([x['machine_busy_percent'] for x in d])} | "
+                         f"{_median([x['load_average'] for x in d]):.1f} |")
+    fwd = results.get("forward") or {}
+    if fwd:
+        lines += ["", "| workers | records/s, 20→90 % (runs) | first → last | workers' CPU % | "
+                  "records per CPU-second | distinct | load avg |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for w, runs in sorted(fwd.items(), key=lambda kv: int(kv[0])):
+            each = ", ".join(f"{r['records_per_s']:,.0f}" for r in runs if r["records_per_s"])
+            lines.append(f"| {w} | {_median([r['records_per_s'] for r in runs]):,.0f} ({each}) | "
+                         f"{_median([r['records_per_s_first_to_last'] for r in runs]):,.0f} | "
+                         f"{_median([r['worker_cpu_percent'] for r in runs])} | "
+                         f"{_median([r['records_per_cpu_s'] for r in runs]):,.0f} | "
+                         f"{min(r['distinct_seq'] for r in runs):,} | "
+                         f"{_median([r['load_average'] for r in runs]):.1f} |")
+    return "\n".join(lines)
+
+
 
 def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
     import matplotlib
@@ -258,15 +302,17 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
     if tail:
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
         for n, runs in sorted(tail.items(), key=lambda kv: int(kv[0])):
-            steps = runs[0]["steps"]
-            line, = a.plot([x["intake_per_s"] for x in steps], [x["worker_cpu_percent"] for x in steps], "o-",
+            steps = [[r["steps"][i] for r in runs] for i in range(len(runs[0]["steps"]))]  # median per rate
+            line, = a.plot([_median([x["intake_per_s"] for x in same]) for same in steps],
+                           [_median([x["worker_cpu_percent"] for x in same]) for same in steps], "o-",
                            label=f"{int(n):,} clients")
             drains = [r["drain"] for r in runs]
             a.plot([d["records_per_s"] for d in drains], [d["worker_cpu_percent"] for d in drains], "*",
                    ms=13, color=line.get_color())
         a.set_xlabel("records/s taken in by the tail")
         a.set_ylabel("worker CPU % (100 = one core)")
-        a.set_title("Tail: worker CPU against records/s\n(o produce-rate steps, ★ draining a backlog)", fontsize=10)
+        a.set_title("Tail: worker CPU against records/s taken in\n(o produce-rate steps, medians; ★ each backlog drain)",
+                    fontsize=10)
         a.axhline(100, color="grey", lw=0.8, ls=":")
         a.legend()
         a.grid(alpha=0.3)
@@ -293,7 +339,12 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
         ws = sorted(int(w) for w in fwd)
         rate = [statistics.median(r["records_per_s"] for r in fwd[str(w)]) for w in ws]
         cpu = [statistics.median(r["worker_cpu_percent"] for r in fwd[str(w)]) for w in ws]
-        ax.plot(ws, rate, "o-", label="records/s (20 → 90 % at the collector)")
+        lo = [rate[i] - min(r["records_per_s"] for r in fwd[str(w)]) for i, w in enumerate(ws)]
+        hi = [max(r["records_per_s"] for r in fwd[str(w)]) - rate[i] for i, w in enumerate(ws)]
+        ax.errorbar(ws, rate, yerr=[lo, hi], fmt="o-", capsize=4,
+                    label="records/s, 20 → 90 % at the collector (median, range)")
+        ax.set_ylim(0, max(rate) * 1.4)
+        ax.set_xlim(0.7, 2.3)
         ax.set_xticks(ws)
         ax.set_xlabel("Gunicorn workers (WEB_CONCURRENCY)")
         ax.set_ylabel("records/s")
@@ -303,8 +354,8 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
         ax2.set_ylabel("CPU %")
         ax2.set_ylim(0, 210)
         lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-        ax.legend(lines, [str(x.get_label()) for x in lines], loc="lower right")
-        ax.set_title("Forward path on 2 cores")
+        ax.legend(lines, [str(x.get_label()) for x in lines], loc="upper center", fontsize=8)
+        ax.set_title("Forward path on 2 shared cores", fontsize=10)
         fig.tight_layout()
         path = out_dir / "ceiling-forward.png"
         fig.savefig(path, dpi=110)
@@ -324,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.json)
     if args.replot:
-        print("\n".join(plot(json.loads(out.read_text()), Path(args.plots))))
+        results = json.loads(out.read_text())
+        print(tables(results))
+        print("\n".join(plot(results, Path(args.plots))))
         return 0
     raise_nofile()
 
@@ -358,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     results["load_average_at_end"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))
-    print(f"raw results: {out}")
+    print(f"raw results: {out}\n")
+    print(tables(results))
     for path in plot(results, Path(args.plots)):
         print(f"plot: {path}")
     return 0
