@@ -6,9 +6,11 @@ One Gunicorn worker (``WS_MAX_CLIENTS`` raised above the count; Gunicorn's
 ``worker_connections`` follows it), ``FORWARD_ENABLED=false``, otherwise defaults,
 on a real broker. ``bench.clients`` opens the clients in steps of 10,000, bound in
 turn to the loopback source addresses 127.0.0.2, 127.0.0.3, ... (one address has
-only ~28,000 ephemeral ports); every 1,000th client is a probe in a process of
-its own (see ``bench.fanout.Clients``). ``RLIMIT_NOFILE`` is raised (as root) to
-65,536 for this process, the clients and the server, which inherit it.
+only ~28,000 ephemeral ports), from several
+``bench.clients`` processes of at most 15,000 clients each. ``RLIMIT_NOFILE`` is
+raised (as root with CAP_SYS_RESOURCE) to 65,536 for this process, the clients and
+the server, which inherit it; where the hard limit is lower and cannot be raised,
+the run says so and measures as many clients as fit in one worker.
 
 Measures:
 
@@ -35,13 +37,58 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.fanout import Clients, _settle
+from bench.fanout import ClientProcess, _settle
 from bench.procstat import CpuMeter, make_record, raise_nofile, rss_kb
 from devstack.kafka import KafkaBroker
 from devstack.service import ServiceProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = 10_000
+PER_PROCESS = 15_000  # clients per load-client process: each process is bound by its own RLIMIT_NOFILE
+SPARE_FDS = 300  # what a worker needs besides its clients: listener, Kafka, metrics files, ...
+
+
+class ManyClients:
+    """Enough ``bench.clients`` processes for ``n`` clients, driven together; one group, ``normal``."""
+
+    def __init__(self, log_dir: Path, n: int) -> None:
+        self.procs = [ClientProcess(log_dir, f"clients-{i}") for i in range(-(-n // PER_PROCESS))]
+        self.open = [0] * len(self.procs)
+
+    def connect(self, port: int, n: int, sources: list[str]) -> dict[str, Any]:
+        """Add ``n`` clients, to the least loaded processes first."""
+        share: list[int] = [0] * len(self.procs)
+        for _ in range(n):
+            i = min(range(len(self.procs)), key=lambda k: self.open[k] + share[k])
+            share[i] += 1
+        began = time.monotonic()
+        for proc, k in zip(self.procs, share):
+            if k:
+                proc.write("connect", port=port, n=k, concurrency=256, timeout=170, sources=sources)
+        connected, errors = 0, {}
+        for i, (proc, k) in enumerate(zip(self.procs, share)):
+            if k:
+                reply = proc.read(180)
+                connected += reply["connected"]
+                self.open[i] += reply["connected"]
+                errors.update(reply["errors"])
+        return {"connected": connected, "errors": errors, "seconds": round(time.monotonic() - began, 3)}
+
+    def stats(self, reset: bool = False) -> dict[str, Any]:
+        """Summed over the processes: messages, open clients; first and last receipt (wall clock)."""
+        for proc in self.procs:
+            proc.write("stats", reset=reset)
+        groups = [proc.read(60).get("normal") for proc in self.procs]
+        groups = [g for g in groups if g]
+        firsts = [g["first"] for g in groups if g["first"]]
+        return {"messages": sum(g["messages"] for g in groups), "open": sum(g["open"] for g in groups),
+                "first": min(firsts) if firsts else 0.0, "last": max((g["last"] for g in groups), default=0.0),
+                "per_client": {"min": min((g["per_client_messages"]["min"] for g in groups), default=0),
+                               "max": max((g["per_client_messages"]["max"] for g in groups), default=0)}}
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.close()
 
 
 def _say(text: str) -> None:
@@ -62,25 +109,23 @@ def health_times(svc: ServiceProcess, n: int) -> dict[str, Any]:
             "max_ms": t[-1] if t else None, "clients_reported": answers[-1] if answers else None}
 
 
-def batch_to_all(clients: Clients, producer: Any, topic: str, seq: int, want: int,
+def batch_to_all(clients: ManyClients, producer: Any, topic: str, seq: int, want: int,
                  timeout: float = 60.0) -> dict[str, Any]:
     """Produce one record; wait until ``want`` clients have each received one message."""
-    clients.call("stats", reset=True)
+    clients.stats(reset=True)
     t0 = time.time()
     producer.send(topic, make_record(seq, 120))
     producer.flush(timeout=10)
-    got, g = 0, {}
+    g: dict[str, Any] = {"messages": 0}
     while time.time() - t0 < timeout:
         time.sleep(0.2)
-        g = clients.call("stats")["normal"]
-        got = g["messages"]
-        if got >= want:
+        g = clients.stats()
+        if g["messages"] >= want:
             break
-    out = {"clients": want, "received": got, "per_client": g.get("per_client_messages"),
+    out = {"clients": want, "received": g["messages"], "per_client": g.get("per_client"),
            "first_ms": round((g["first"] - t0) * 1000, 1) if g.get("first") else None,
-           "last_ms": round((g["last"] - t0) * 1000, 1) if g.get("last") else None,
-           "probe_latency_ms": g.get("latency_ms")}
-    _say(f"batch {seq}: {got:,}/{want:,} clients got it; first after {out['first_ms']} ms, "
+           "last_ms": round((g["last"] - t0) * 1000, 1) if g.get("last") else None}
+    _say(f"batch {seq}: {out['received']:,}/{want:,} clients got it; first after {out['first_ms']} ms, "
          f"last after {out['last_ms']} ms")
     return out
 
@@ -93,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=3, help="single-record batches timed to every client")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "many.json"))
     args = parser.parse_args(argv)
-    nofile = raise_nofile()
+    nofile = raise_nofile()  # Gunicorn and the client processes inherit it
+    if nofile < args.clients + SPARE_FDS:
+        print(f"bench.many: RLIMIT_NOFILE is {nofile:,} here (the hard limit, and no CAP_SYS_RESOURCE to raise "
+              f"it): one worker cannot hold {args.clients:,} clients; measuring "
+              f"{nofile - SPARE_FDS:,} instead", flush=True)
+        args.clients = nofile - SPARE_FDS
 
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -101,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = [f"127.0.0.{2 + i}" for i in range(args.sources)]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-many-"))
     results: dict[str, Any] = {"command": " ".join(["python -m bench.many", *(argv or sys.argv[1:])]),
-                               "nofile": nofile, "sources": sources, "load_average_at_start": os.getloadavg(),
+                               "nofile": nofile, "clients_wanted": args.clients, "sources": sources, "load_average_at_start": os.getloadavg(),
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     print(f"bench.many: {args.clients:,} clients from {', '.join(sources)}; logs in {log_dir}", flush=True)
     with KafkaBroker(log_dir / "kafka") as kafka:
@@ -111,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                               "WS_MAX_CLIENTS": str(args.clients + 10_000), "ACCESS_LOG": "false",
                               "LOG_LEVEL": "warning"}, workers=1, log_dir=log_dir)
         svc.start(timeout=60, ready=lambda h: h["kafka"]["tail"]["state"] == "ok")
-        clients = Clients(log_dir)
+        clients = ManyClients(log_dir, args.clients)
         producer = kafka.producer(linger_ms=0, acks=1)
         try:
             health = svc.health()
@@ -123,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             levels, current = [], 0
             while current < args.clients:
                 n = min(STEP, args.clients - current)
-                conn = clients.connect(svc.port, n, sample_every=1000, concurrency=512, timeout=170,
-                                       sources=sources)
+                conn = clients.connect(svc.port, n, sources)
                 current += conn["connected"]
                 settled = _settle(pid)
                 level = {"clients": current, "connect_seconds": conn["seconds"], "errors": conn["errors"],
@@ -145,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             results["health"] = health_times(svc, args.health)
             _say(f"/health with {current:,} clients: median {results['health']['median_ms']} ms, max "
                  f"{results['health']['max_ms']} ms (reports {results['health']['clients_reported']} clients)")
-            open_now = clients.call("stats")["normal"]["open"]
+            open_now = clients.stats()["open"]
             results["batches"] = [batch_to_all(clients, producer, topic, i, open_now) for i in range(args.batches)]
             results["rss_end_kb"] = rss_kb(pid)
             results["load_average_at_end"] = os.getloadavg()
