@@ -4,7 +4,7 @@
 
 One Gunicorn worker (``WS_MAX_CLIENTS`` raised above the count; Gunicorn's
 ``worker_connections`` follows it), ``FORWARD_ENABLED=false``, otherwise defaults,
-on a real broker. ``bench.clients`` opens the clients in steps of 10,000, bound in
+on a real broker. ``bench.clients`` opens the clients in steps of 5,000, bound in
 turn to the loopback source addresses 127.0.0.2, 127.0.0.3, ... (one address has
 only ~28,000 ephemeral ports), from several
 ``bench.clients`` processes of at most 15,000 clients each. ``RLIMIT_NOFILE`` is
@@ -14,7 +14,8 @@ the run says so and measures as many clients as fit in one worker.
 
 Measures:
 
-* worker RSS at 0 clients and at each step once stable → KB per client;
+* worker RSS at 0 clients and at each step once stable → KB per client, and at each step
+  5 ``GET /health`` and 3 batches to everyone (below), for the curves of ``--plot``;
 * ``GET /health`` with every client connected: ``--health`` requests, 0.25 s apart;
 * one batch to everyone: a record is produced (time t0) and the clients' counters
   are polled until every client has received it; the time from t0 to the last
@@ -43,7 +44,7 @@ from devstack.kafka import KafkaBroker
 from devstack.service import ServiceProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-STEP = 10_000
+STEP = 5_000
 PER_PROCESS = 15_000  # clients per load-client process: each process is bound by its own RLIMIT_NOFILE
 SPARE_FDS = 300  # what a worker needs besides its clients: listener, Kafka, metrics files, ...
 
@@ -105,7 +106,7 @@ def health_times(svc: ServiceProcess, n: int) -> dict[str, Any]:
             answers.append(health.get("clients"))
         time.sleep(0.25)
     t = sorted(times)
-    return {"n": n, "answered": len(t), "ms": times, "median_ms": statistics.median(t) if t else None,
+    return {"n": n, "answered": len(t), "ms": times, "median_ms": round(statistics.median(t), 1) if t else None,
             "max_ms": t[-1] if t else None, "clients_reported": answers[-1] if answers else None}
 
 
@@ -137,7 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health", type=int, default=20, help="GET /health requests with everyone connected")
     parser.add_argument("--batches", type=int, default=3, help="single-record batches timed to every client")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "many.json"))
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "many-clients.png"),
+                        help="PNG of the curves (medians over --replot's files, or this run)")
+    parser.add_argument("--replot", nargs="+", metavar="JSON", help="only redraw --plot from these results")
     args = parser.parse_args(argv)
+    if args.replot:
+        print(plot([json.loads(Path(p).read_text()) for p in args.replot], Path(args.plot)))
+        return 0
     nofile = raise_nofile()  # Gunicorn and the client processes inherit it
     if nofile < args.clients + SPARE_FDS:
         print(f"bench.many: RLIMIT_NOFILE is {nofile:,} here (the hard limit, and no CAP_SYS_RESOURCE to raise "
@@ -151,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     sources = [f"127.0.0.{2 + i}" for i in range(args.sources)]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-many-"))
     results: dict[str, Any] = {"command": " ".join(["python -m bench.many", *(argv or sys.argv[1:])]),
-                               "nofile": nofile, "clients_wanted": args.clients, "sources": sources, "load_average_at_start": os.getloadavg(),
+                               "nofile": nofile, "clients_wanted": args.clients, "sources": sources,
+                               "load_average_at_start": os.getloadavg(),
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     print(f"bench.many: {args.clients:,} clients from {', '.join(sources)}; logs in {log_dir}", flush=True)
     with KafkaBroker(log_dir / "kafka") as kafka:
@@ -183,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"{current:,} clients (+{conn['connected']:,} in {conn['seconds']} s): RSS "
                      f"{settled['rss_kb'] / 1024:.1f} MiB, {level['kb_per_client']} KB/client; load "
                      f"{level['load_average']:.2f}")
+                level["health"] = health_times(svc, 5)
+                level["batches"] = [batch_to_all(clients, producer, topic, i, current) for i in range(3)]
                 if conn["connected"] < n:
                     break
             results["levels"] = levels
@@ -206,7 +216,50 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))
     print(f"raw results: {out}")
+    print(f"plot: {plot([results], Path(args.plot))}")
     return 0
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> str:
+    """KB per client, /health and produce → last client against clients: medians over the runs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_n: dict[int, list[dict[str, Any]]] = {}
+    for run in runs:
+        for level in run.get("levels", []):
+            by_n.setdefault(level["clients"], []).append(level)
+    ns = sorted(by_n)
+
+    def med(values: list[Any]) -> float:
+        return statistics.median(v for v in values if v is not None)
+    kb = [med([x["kb_per_client"] for x in by_n[n]]) for n in ns]
+    last = [med([b["last_ms"] for x in by_n[n] for b in x.get("batches", [])]) for n in ns]
+    first = [med([b["first_ms"] for x in by_n[n] for b in x.get("batches", [])]) for n in ns]
+    health = [med([t for x in by_n[n] for t in x.get("health", {}).get("ms", [])]) for n in ns]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    a.plot(ns, kb, "o-")
+    a.axhline(2.0, color="tab:red", ls=":", lw=1, label="target: 2 KB")
+    a.set_ylim(0, max(max(kb) * 1.3, 2.5))
+    a.set_xlabel("idle clients on one worker")
+    a.set_ylabel("worker RSS per client (KiB)")
+    a.set_title("Memory per idle client", fontsize=10)
+    a.legend()
+    a.grid(alpha=0.3)
+    b.plot(ns, last, "o-", label="produce → last client has the batch")
+    b.plot(ns, first, "^-", label="produce → first client")
+    b.plot(ns, health, "s-", label="GET /health")
+    b.axhline(100, color="tab:red", ls=":", lw=1, label="/health target: 100 ms")
+    b.set_xlabel("idle clients on one worker")
+    b.set_ylabel("ms (medians)")
+    b.set_title("One batch to everyone, and /health", fontsize=10)
+    b.legend(fontsize=8)
+    b.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
 
 
 if __name__ == "__main__":
