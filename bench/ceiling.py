@@ -9,7 +9,7 @@ with ``REPLAY_RECORDS=0`` and no client the tail would pause), default batching
 (500 records or 50 ms), records of ~120 bytes, with 0, 100 and 1,000 idle
 ``bench.clients`` connected. For each client count:
 
-1. *steps*: a producer thread in this process offers 2k, 5k, 10k, 20k, 30k records/s
+1. *steps*: a producer thread in this process offers 2k, 5k, 10k, 20k, 30k, 40k records/s
    in turn (1.5 s warm-up, then a window); intake = the growth of ``/health``
    ``kafka.tail.records_in`` over the window, with the worker's CPU %. Below the
    ceiling intake = offered; above it intake flattens while the CPU sits at one core.
@@ -311,8 +311,8 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
                    ms=13, color=line.get_color())
         a.set_xlabel("records/s taken in by the tail")
         a.set_ylabel("worker CPU % (100 = one core)")
-        a.set_title("Tail: worker CPU against records/s taken in\n(o produce-rate steps, medians; ★ each backlog drain)",
-                    fontsize=10)
+        a.set_title("Tail: worker CPU against records/s taken in\n"
+                    "(o produce-rate steps, medians; ★ each backlog drain)", fontsize=10)
         a.axhline(100, color="grey", lw=0.8, ls=":")
         a.legend()
         a.grid(alpha=0.3)
