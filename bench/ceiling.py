@@ -300,7 +300,7 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
     written = []
     tail = results.get("tail")
     if tail:
-        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig, (a, c, b) = plt.subplots(1, 3, figsize=(16, 4.4))
         for n, runs in sorted(tail.items(), key=lambda kv: int(kv[0])):
             steps = [[r["steps"][i] for r in runs] for i in range(len(runs[0]["steps"]))]  # median per rate
             line, = a.plot([_median([x["intake_per_s"] for x in same]) for same in steps],
@@ -317,6 +317,22 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
         a.legend()
         a.grid(alpha=0.3)
         ns = sorted(int(n) for n in tail)
+        # CPU against clients at a fixed rate, where every client count kept up (taken in ≥ 95 % of produced).
+        for i, step in enumerate(tail[str(ns[0])][0]["steps"]):
+            points = []
+            for n in ns:
+                same = [r["steps"][i] for r in tail[str(n)]]
+                if _median([x["intake_per_s"] for x in same]) >= 0.95 * _median([x["produced_per_s"] for x in same]):
+                    points.append((n, _median([x["worker_cpu_percent"] for x in same])))
+            if len(points) == len(ns):
+                c.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{step['offered']:,} records/s")
+        c.set_xscale("symlog", linthresh=100)
+        c.set_xticks(ns, [f"{n:,}" for n in ns])
+        c.set_xlabel("idle clients connected")
+        c.set_ylabel("worker CPU % (100 = one core)")
+        c.set_title("Tail: worker CPU against clients\n(rates every client count kept up with; medians)", fontsize=10)
+        c.legend()
+        c.grid(alpha=0.3)
         ceil = [statistics.median(r["drain"]["records_per_s"] for r in tail[str(n)]) for n in ns]
         per_cpu = [statistics.median(r["drain"]["records_per_cpu_s"] for r in tail[str(n)]) for n in ns]
         xs = range(len(ns))
