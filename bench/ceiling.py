@@ -233,8 +233,11 @@ def run_forward(kafka: KafkaBroker, workers: int, count: int, log_dir: Path) -> 
                "complete": rx.records >= count, "wall_seconds": round(wall, 2),
                "first_to_last_seconds": round(span, 3),
                "records_per_s_first_to_last": round(count / span, 1) if span else None,
-               "records_per_s": steady["records_per_s"] if steady else None,
-               "worker_cpu_percent": steady["worker_cpu_percent"] if steady else None,
+               # A run too short for the 0.1 s samples to find a steady span: first → last instead.
+               "steady": bool(steady),
+               "records_per_s": steady["records_per_s"] if steady else (round(count / span, 1) if span else None),
+               "worker_cpu_percent": steady["worker_cpu_percent"] if steady else (
+                   round(100 * total_cpu / span, 1) if span else None),
                "worker_cpu_seconds": {str(k): round(v, 2) for k, v in cpu.items()},
                "records_per_cpu_s": round(count / total_cpu, 1) if total_cpu else None,
                "machine_busy_percent": busy, "load_average_at_start": load0, "load_average": os.getloadavg()[0],
