@@ -79,6 +79,27 @@ def test_ring_tail_since_and_gaps():
     assert ring.since(EVERYTHING, {("logs", 0): 9}) == ([], [])
 
 
+def test_a_gap_of_exactly_one_record_is_reported_and_none_when_nothing_is_missing():
+    ring = ReplayRing(max_records=5, max_bytes=1 << 20)
+    ring.add([rec(i) for i in range(10)])  # holds offsets 5..9
+    missed, gaps = ring.since(EVERYTHING, {("logs", 0): 3})  # offset 4 alone is gone
+    assert [g.as_dict() for g in gaps] == [{"topic": "logs", "partition": 0, "from": 4, "to": 4}]
+    assert [r.offset for r in missed] == [5, 6, 7, 8, 9]
+    missed, gaps = ring.since(EVERYTHING, {("logs", 0): 4})  # the oldest held is the next one
+    assert gaps == [] and [r.offset for r in missed] == [5, 6, 7, 8, 9]
+    missed, gaps = ring.since(EVERYTHING, {("logs", 0): 8})
+    assert gaps == [] and [r.offset for r in missed] == [9]
+
+
+def test_a_ring_with_replay_off_holds_nothing_and_reports_everything_missed_as_a_gap():
+    ring = ReplayRing(max_records=0, max_bytes=1 << 20)  # REPLAY_RECORDS=0
+    ring.add([rec(i) for i in range(4)])
+    assert len(ring) == 0 and ring.tail(EVERYTHING, 10) == []
+    assert ring.positions() == ["logs:0:3"]
+    missed, gaps = ring.since(EVERYTHING, {("logs", 0): 1})
+    assert missed == [] and [g.as_dict() for g in gaps] == [{"topic": "logs", "partition": 0, "from": 2, "to": 3}]
+
+
 def test_ring_is_bounded_by_bytes():
     ring = ReplayRing(max_records=1000, max_bytes=3000)
     ring.add([rec(i, message="x" * 800) for i in range(20)])
@@ -136,9 +157,10 @@ def test_hub_encodes_once_per_filter_and_switches_filters_between_batches():
     assert everyone[0].offsets() == [0, 1, 2] and errors_only[0].offsets() == [1]
 
     switching = everyone[0]
+    frames_before = len(switching.frames)
     switching.on_text(switching, '{"type":"subscribe","level":"error"}')
+    assert len(switching.frames) == frames_before + 1, "the answer, and nothing else, before the next batch"
     assert switching.messages()[-1] == {"type": "subscribed", "filter": {"level": "error"}}
-    assert switching.frames[-1] is not None
     hub.publish([rec(3, "info"), rec(4, "error")])
     assert switching.offsets() == [0, 1, 2, 4]
     assert everyone[1].offsets() == [0, 1, 2, 3, 4]
@@ -194,11 +216,89 @@ def test_a_ring_that_started_late_reports_what_came_before_as_a_gap():
     assert ring.positions() == ["logs:0:51"]
 
 
-def test_the_services_own_pages_may_open_websockets():
-    hub = Hub(Settings())
-    hub.admit({"HTTP_ORIGIN": "http://logs.example.com:6006", "HTTP_HOST": "logs.example.com:6006"})
-    with pytest.raises(Refusal):
-        hub.admit({"HTTP_ORIGIN": "http://evil.example.com", "HTTP_HOST": "logs.example.com:6006"})
+FRONT_ENDS = Settings(cors_origins=("http://localhost:3000", "https://shop.example.com",
+                                     "https://admin.example.com:8443"))
+
+
+def upgrade(origin: str | None, host: str = "logs.example.com:6006") -> dict:
+    environ = {"HTTP_HOST": host, "QUERY_STRING": ""}
+    if origin is not None:
+        environ["HTTP_ORIGIN"] = origin
+    return environ
+
+
+@pytest.mark.parametrize("origin", [
+    None,  # not a browser (wscat, a service): no Origin
+    "http://localhost:3000",
+    "http://localhost:3000/",  # a trailing slash
+    "HTTPS://Shop.Example.com",  # scheme and host are case-insensitive
+    "https://admin.example.com:8443",
+])
+def test_a_configured_front_end_or_no_origin_may_open_a_websocket(origin):
+    hub = Hub(FRONT_ENDS)
+    environ = upgrade(origin)
+    hub.admit(environ)
+    assert isinstance(environ["logger.subscription"], Subscription)
+    assert hub.counters["refused_origin"] == 0
+
+
+@pytest.mark.parametrize("origin", [
+    "http://localhost:3001",  # the port matters
+    "http://localhost",
+    "https://localhost:3000",  # so does the scheme
+    "http://shop.example.com",
+    "https://admin.example.com",  # a configured host on another port
+    "https://admin.example.com:8444",
+    "http://localhost:3000.evil.com",  # a configured origin as a prefix
+    "https://shop.example.com.evil.com",
+    "https://evil.com/https://shop.example.com",
+    "https://evilshop.example.com",
+    "null",  # sandboxed iframes, file:// pages
+])
+def test_any_other_origin_is_refused_with_403(origin):
+    hub = Hub(FRONT_ENDS)
+    with pytest.raises(Refusal) as refused:
+        hub.admit(upgrade(origin))
+    assert refused.value.status == "403 Forbidden" and repr(origin) in refused.value.reason
+    assert hub.counters["refused_origin"] == 1
+
+
+def test_the_services_own_pages_may_open_websockets_but_only_on_its_own_host_and_port():
+    hub = Hub(FRONT_ENDS)
+    hub.admit(upgrade("http://logs.example.com:6006"))
+    for foreign in ("http://logs.example.com:6006.evil.com", "http://logs.example.com:6007",
+                    "http://logs.example.com"):
+        with pytest.raises(Refusal):
+            hub.admit(upgrade(foreign))
+    with pytest.raises(Refusal):  # no Host header: nothing to compare with
+        hub.admit(upgrade("http://logs.example.com:6006", host=""))
+
+
+def test_while_shutting_down_or_full_upgrades_are_refused_with_503():
+    hub = Hub(Settings(max_clients=2))
+    hub.attach(FakeClient())
+    hub.admit(upgrade(None))  # one place left
+    hub.attach(FakeClient())
+    with pytest.raises(Refusal) as full:
+        hub.admit(upgrade(None))
+    assert full.value.status == "503 Service Unavailable" and hub.counters["refused_full"] == 1
+    closing = Hub(Settings())
+    closing.close_all(timeout=0)
+    with pytest.raises(Refusal) as draining:
+        closing.admit(upgrade(None))
+    assert draining.value.status == "503 Service Unavailable" and "shutting down" in draining.value.reason
+
+
+def test_a_bad_query_is_refused_with_400_and_counted():
+    hub = Hub(Settings(replay_records=100))
+    with pytest.raises(Refusal) as refused:
+        hub.admit({"QUERY_STRING": "tail=101"})
+    assert refused.value.status == "400 Bad Request" and "from 0 to 100" in refused.value.reason
+    assert hub.counters["refused_bad_request"] == 1
+    environ = {"QUERY_STRING": "tail=100&level=warn&since=logs:0:5"}
+    hub.admit(environ)
+    assert environ["logger.subscription"] == Subscription(Filter.from_query({"level": ["warn"]}), 100,
+                                                          {("logs", 0): 5})
 
 
 def test_a_client_that_hangs_up_during_the_greeting_is_not_registered():

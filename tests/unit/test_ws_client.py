@@ -130,18 +130,36 @@ def test_misbehaving_peers_are_closed_with_the_right_code(pair, frame, code):
     wait_for(lambda: ended == [client])
 
 
-def test_a_peer_that_does_not_read_loses_old_batches_and_is_told(pair):
-    client, peer = pair
-    batch = encode_frame(b"b" * 8192)
-    for _ in range(200):  # 1.6 MB against a 64 KB bound plus kernel buffers
-        client.send(batch)
+def numbered(number: int, size: int = 8192) -> bytes:
+    return encode_frame(b"%05d" % number + b"b" * (size - 5))
+
+
+def batch_numbers(frames: list[tuple[int, bytes]]) -> list[int]:
+    return [int(payload[:5]) for opcode, payload in frames if opcode == OP_TEXT and not payload.startswith(b"{")]
+
+
+def assert_oldest_dropped(arrived: list[int], sent: int, dropped: int) -> None:
+    """What a slow client loses is one run of the oldest queued batches: what it got
+    ends with the newest batch, and the missing ones are contiguous and counted."""
+    assert dropped > 0
+    assert arrived == sorted(arrived) and arrived[-1] == sent - 1, "the newest batch arrives"
+    missing = sorted(set(range(sent)) - set(arrived))
+    assert len(missing) == dropped, "every lost batch is counted, and only those"
+    assert missing == list(range(missing[0], missing[0] + dropped)), "one run of old batches, not scattered ones"
+    assert arrived[-(sent - 1 - missing[-1]):] == list(range(missing[-1] + 1, sent)), "everything newer arrives"
+
+
+def test_a_peer_that_does_not_read_loses_its_oldest_batches_keeps_the_newest_and_is_told(pair):
+    client, peer = pair  # max_pending 64 KiB
+    for number in range(200):  # 1.6 MB against a 64 KB bound plus kernel buffers
+        client.send(numbered(number))
     assert client.pending_bytes <= (64 << 10) + 8200
-    assert client.dropped > 0
     dropped = client.dropped
     frames = frames_until_dropped_notice(peer)
-    notice = orjson.loads(frames[-1][1])
-    assert notice == {"type": "dropped", "count": dropped}
-    assert len(frames) - 1 + dropped == 200  # every batch either arrived or was counted
+    assert orjson.loads(frames[-1][1]) == {"type": "dropped", "count": dropped}
+    arrived = batch_numbers(frames[:-1])
+    assert_oldest_dropped(arrived, 200, dropped)
+    assert len(arrived) - 1 >= (64 << 10) // 8192 - 1, "the bound's worth of newest batches is kept, not less"
 
 
 @pytest.fixture
@@ -218,20 +236,71 @@ def test_frames_split_across_reads_and_bytes_read_before_the_upgrade_handed_over
     peer.close()
 
 
-def test_pause_holds_batches_within_the_bound_and_resume_tells_what_was_lost(pair):
+def test_pause_holds_the_newest_batches_within_the_bound_and_resume_tells_what_was_lost(pair):
     client, peer = pair  # max_pending 64 KiB
     client.pause()
-    batch = encode_frame(b"p" * 8192)
-    for _ in range(20):  # 160 KiB while paused
-        client.send(batch)
+    for number in range(20):  # 160 KiB while paused
+        client.send(numbered(number))
     client.send(encode_frame(b"control"), droppable=False)  # control traffic still flows
     assert read_frame(peer) == (OP_TEXT, b"control")
-    assert client.dropped > 0
     lost = client.dropped
+    assert lost == 20 - (64 << 10) // len(numbered(0)), "exactly what does not fit the bound is dropped"
     client.resume()
     frames = frames_until_dropped_notice(peer)
     assert orjson.loads(frames[-1][1]) == {"type": "dropped", "count": lost}
-    assert len(frames) - 1 + lost == 20
+    assert batch_numbers(frames[:-1]) == list(range(lost, 20)), "the oldest went, the newest came"
+
+
+def test_a_paused_client_gets_nothing_until_it_resumes(pair):
+    client, peer = pair
+    client.pause()
+    client.send(numbered(0, 100))
+    client.send(numbered(1, 100))
+    client.send(encode_frame(b"marker"), droppable=False)
+    assert read_frame(peer) == (OP_TEXT, b"marker"), "no batch went out before the control frame"
+    client.resume()
+    assert [read_frame(peer)[1][:5] for _ in range(2)] == [b"00000", b"00001"]
+    assert client.dropped == 0
+
+
+@pytest.mark.parametrize("pieces, delivered", [
+    ([1024], True),  # exactly max_message_bytes
+    ([1025], False),  # one byte more
+    ([512, 512], True),  # the same, fragmented
+    ([512, 513], False),
+    ([1000, 24, 0], True),
+])
+def test_a_message_of_exactly_the_limit_is_accepted_and_one_byte_more_closes_1009(pair, pieces, delivered):
+    client, peer = pair  # max_message_bytes 1024
+    received: list[str] = []
+    ended = serve(client, received)
+    frames = b"".join(masked(b"m" * size, OP_TEXT if i == 0 else 0, fin=i == len(pieces) - 1)
+                      for i, size in enumerate(pieces))
+    peer.sendall(frames + masked(b"after", OP_PING))
+    opcode, payload = read_frame(peer)
+    if delivered:
+        assert (opcode, payload) == (OP_PONG, b"after")
+        assert received == ["m" * sum(pieces)]
+    else:
+        assert opcode == OP_CLOSE and close_code(payload) == 1009 and received == []
+        peer.close()
+        wait_for(lambda: ended == [client])
+
+
+@pytest.mark.parametrize("sent, answered", [
+    (1000, 1000), (1001, 1001), (1003, 1003), (1007, 1007), (1011, 1011), (1014, 1014), (3000, 3000),
+    (4999, 4999),
+    # Codes a peer must not send (RFC 6455 §7.4.1-2): answered with a plain 1000.
+    (999, 1000), (1004, 1000), (1005, 1000), (1006, 1000), (1015, 1000), (2999, 1000), (5000, 1000),
+    (None, 1000),  # a close frame without a code
+])
+def test_a_peers_close_is_answered_with_its_code_when_that_code_may_be_sent(pair, sent, answered):
+    client, peer = pair
+    ended = serve(client, [])
+    peer.sendall(masked(b"" if sent is None else struct.pack("!H", sent), OP_CLOSE))
+    opcode, payload = read_frame(peer)
+    assert opcode == OP_CLOSE and close_code(payload) == answered
+    wait_for(lambda: ended == [client])
 
 
 from hypothesis import given, settings  # noqa: E402
@@ -253,6 +322,9 @@ def test_random_bytes_from_a_client_never_escape_as_an_exception(data):
         assert exc.code in (1002, 1003, 1007, 1009)
 
 
+SENDABLE = {*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)}  # RFC 6455 §7.4
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.binary(min_size=1, max_size=300))
 def test_a_client_sending_random_bytes_is_closed_cleanly_or_left_waiting(data):
@@ -262,8 +334,9 @@ def test_a_client_sending_random_bytes_is_closed_cleanly_or_left_waiting(data):
     client._receive(data)  # what the I/O callback does with whatever arrived
     if client.closing:
         opcode, payload = read_frame(peer)
-        # Our own codes for violations, or the peer's own (valid) code echoed back.
-        assert opcode == OP_CLOSE and (close_code(payload) in (1002, 1003, 1007, 1009)
-                                       or 1000 <= close_code(payload) <= 4999)
+        # Our own codes for violations, a plain 1000, or the peer's own code echoed back
+        # when it is one a peer may send (never 1004-1006, 1015, 1016-2999).
+        code = close_code(payload)
+        assert opcode == OP_CLOSE and (code in (1000, 1002, 1003, 1007, 1009) or code in SENDABLE), code
     client.abort()
     peer.close()
