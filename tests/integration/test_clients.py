@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import produce
+from tests.conftest import metric, produce, scrape
 from tests.wsload import ClientPool, RawClient, handshake, masked_frame, parse_frames
 
 BIG = "x" * 2000
@@ -44,7 +44,7 @@ def close_code_in(data: bytes) -> int | None:
     return int.from_bytes(data[index + 2:index + 4], "big")
 
 
-def test_a_stalled_client_is_dropped_and_closed_while_others_get_everything(kafka, topic, service):
+def test_a_stalled_client_loses_batches_and_is_closed_as_slow_while_others_get_everything(kafka, topic, service):
     name = topic(1)
     proc = service(name, WS_CLIENT_BUFFER_BYTES="65536", WS_STALL_TIMEOUT_S="2", TAIL_BATCH_SIZE="20")
     healthy = ClientPool("127.0.0.1", proc.port, 2)
@@ -56,12 +56,16 @@ def test_a_stalled_client_is_dropped_and_closed_while_others_get_everything(kafk
         for client in healthy.clients:
             assert [r["attributes"]["seq"] for r in client.records] == list(range(4000))
         proc.wait_until(lambda: proc.health()["clients"] == 2, 20, "the stalled client to be closed")
+        samples = scrape(proc)
+        assert metric(samples, "logger_ws_dropped_batches_total") > 0, "it lost batches before it was given up"
+        assert metric(samples, "logger_ws_closed_total", reason="slow") == 1, "closed as too slow (1008)"
+        assert metric(samples, "logger_ws_closed_total", reason="unresponsive") == 0
     finally:
         healthy.close()
         stalled.close()
 
 
-def test_a_client_that_pauses_is_told_how_many_batches_it_lost(kafka, topic, service):
+def test_a_client_that_stops_reading_is_told_how_many_batches_it_lost(kafka, topic, service):
     name = topic(1)
     proc = service(name, WS_CLIENT_BUFFER_BYTES="65536", WS_STALL_TIMEOUT_S="60", TAIL_BATCH_SIZE="20")
     reference = ClientPool("127.0.0.1", proc.port, 1)
