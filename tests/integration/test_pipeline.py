@@ -8,6 +8,7 @@ from collections import defaultdict
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from devstack.waiting import wait_until
 from tests.conftest import produce
 
 LEVELS = ["debug", "info", "WARNING", "err", "fatal"]
@@ -31,8 +32,7 @@ def test_records_reach_every_client_in_order_and_the_collector(kafka, topic, ser
     proc = service(name)
     clients = [ws_client(proc.ws_url) for _ in range(2)]
     for client in clients:
-        client_hello = client.messages[0] if client.messages else None
-        assert client_hello is None or client_hello["type"] == "hello"
+        assert _hello(client)["type"] == "hello"
 
     produce(kafka, name, log_values(run_id, 60))
 
@@ -134,13 +134,8 @@ def test_malformed_values_are_delivered_as_text_and_counted(kafka, topic, servic
 
 
 def _hello(client, timeout: float = 5.0) -> dict:
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.messages:
-            return client.messages[0]
-        time.sleep(0.02)
-    raise TimeoutError("no hello")
+    """The client's first message, once it came."""
+    return wait_until(lambda: client.messages and client.messages[0], timeout, "the hello message")
 
 
 def _committed(kafka, group: str, topic_name: str, partitions: int) -> dict[int, int | None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from logger.config import Settings
@@ -84,3 +86,52 @@ def test_bad_values_name_the_variable_in_one_line(env, names):
 def test_paths_can_be_switched_off():
     s = Settings.from_env({"TAIL_ENABLED": "false", "FORWARD_ENABLED": "0"})
     assert not s.tail_enabled and not s.forward_enabled
+
+
+@pytest.mark.parametrize("value, expected", [("latest", "latest"), ("LATEST", "latest"), ("earliest", "earliest")])
+def test_where_a_new_group_starts(value, expected):
+    assert Settings.from_env({"KAFKA_AUTO_OFFSET_RESET": value}).kafka_auto_offset_reset == expected
+    assert Settings.from_env({}).kafka_auto_offset_reset == "earliest"
+    with pytest.raises(ConfigError, match="KAFKA_AUTO_OFFSET_RESET='none' is invalid: expected one of earliest, latest"):
+        Settings.from_env({"KAFKA_AUTO_OFFSET_RESET": "none"})
+
+
+@pytest.mark.parametrize("name, value, form", [
+    ("WS_MAX_MESSAGE_BYTES", "124", "an integer from 125 to 16777216"),
+    ("REPLAY_RECORDS", "-1", "an integer from 0 to 1000000"),
+    ("KAFKA_SESSION_TIMEOUT_MS", "5999", "an integer from 6000 to 1800000"),
+    ("WS_PING_INTERVAL_S", "nan", "a number from 0.1 to 3600"),
+    ("EXPORT_RETRY_MAX_S", "0.09", "a number from 0.1 to 3600"),
+    ("LOG_FORMAT", "yaml", "one of auto, json, text"),
+    ("LOG_LEVEL", "verbose", "one of debug, info, warning, error, critical"),
+    ("KAFKA_SASL_MECHANISM", "GSSAPI", "one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+    ("TRUSTED_PROXIES", "10.0.0.0/33", "a comma-separated list of IP addresses or CIDR networks"),
+    ("DEAD_LETTER_TOPIC", "..", "1-249 characters of letters, digits, '.', '_' or '-'"),
+    ("MAX_VALUE_BYTES", "1023", "an integer from 1024 to 67108864"),
+])
+def test_each_bound_is_refused_just_outside_it_with_the_accepted_form(name, value, form):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: value})
+    assert str(caught.value) == f"{name}={value!r} is invalid: expected {form}"
+
+
+@pytest.mark.parametrize("name, value, field, parsed", [
+    ("WS_MAX_MESSAGE_BYTES", "125", "max_message_bytes", 125),
+    ("REPLAY_RECORDS", "0", "replay_records", 0),
+    ("KAFKA_SESSION_TIMEOUT_MS", "6000", "kafka_session_timeout_ms", 6000),
+    ("WS_PING_INTERVAL_S", "0.1", "ping_interval_s", 0.1),
+    ("TAIL_BATCH_INTERVAL_MS", "1", "tail_batch_interval_s", 0.001),
+    ("KAFKA_PARTITION_REFRESH_MS", "100", "partition_refresh_s", 0.1),
+    ("LOG_FORMAT", "TEXT", "log_format", "text"),
+    ("LOG_LEVEL", "Debug", "log_level", "debug"),
+    ("KAFKA_GROUP_ID", "  ", "kafka_group_id", "log-events-group"),
+    ("OTEL_SERVICE_NAME", "checkout", "default_service_name", "checkout"),
+    ("DEAD_LETTER_TOPIC", "logs.dlq", "dead_letter_topic", "logs.dlq"),
+    ("TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8", "trusted_proxies",
+     (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"))),
+    ("INGEST_TOKEN", "0123456789abcdef", "ingest_token", "0123456789abcdef"),
+    ("FORWARD_ENABLED", "off", "forward_enabled", False),
+    ("TAIL_ENABLED", "yes", "tail_enabled", True),
+])
+def test_each_bound_is_accepted_on_it(name, value, field, parsed):
+    assert getattr(Settings.from_env({name: value}), field) == parsed

@@ -307,3 +307,18 @@ def test_a_client_that_hangs_up_during_the_greeting_is_not_registered():
     gone.closed = True
     hub.attach(gone)
     assert len(hub) == 0 and not hasattr(gone, "on_text")
+
+
+def test_with_replay_off_tail_is_refused_and_a_resume_is_told_everything_missed_is_a_gap():
+    hub = Hub(Settings(replay_records=0))  # REPLAY_RECORDS=0
+    with pytest.raises(Refusal) as refused:
+        hub.admit({"QUERY_STRING": "tail=1"})
+    assert refused.value.status == "400 Bad Request" and "from 0 to 0" in refused.value.reason
+    hub.publish([rec(i) for i in range(5)])
+    client = FakeClient()
+    hub.attach(client, Subscription(since={("logs", 0): 1}))
+    hello, gap = client.messages()
+    assert hello["positions"] == ["logs:0:4"]
+    assert gap == {"type": "gap", "partitions": [{"topic": "logs", "partition": 0, "from": 2, "to": 4}]}
+    hub.publish([rec(5)])
+    assert client.offsets() == [5], "then live, nothing replayed"
