@@ -195,11 +195,12 @@ def test_an_export_abandoned_at_shutdown_commits_nothing():
     assert "records_committed" not in reader.status.counters
 
 
-def test_a_batch_refused_for_good_without_a_dead_letter_topic_is_counted_and_skipped():
+def test_a_batch_refused_for_good_without_a_dead_letter_topic_is_counted_and_skipped(caplog):
     reader, consumer, collector, _ = forward([rejected()])
     reader._deliver(consumer, BATCH)
     assert len(collector.attempts) == 1, "a 400 is not retried"
     assert reader.status.counters["records_rejected"] == 4
+    assert "collector rejected 4 records permanently and DEAD_LETTER_TOPIC is not set" in caplog.text
     assert consumer.commits() == [{0: 8, 1: 4}], "the offsets move on past the poison batch"
 
 
