@@ -322,3 +322,135 @@ def test_with_replay_off_tail_is_refused_and_a_resume_is_told_everything_missed_
     assert gap == {"type": "gap", "partitions": [{"topic": "logs", "partition": 0, "from": 2, "to": 4}]}
     hub.publish([rec(5)])
     assert client.offsets() == [5], "then live, nothing replayed"
+
+
+@pytest.mark.parametrize("message, reason", [
+    ({"service": 7}, "service must be a string or a list of strings"),
+    ({"service": ["a", 7]}, "service must be a string or a list of strings"),
+    ({"attributes": ["a"]}, "attributes must be an object of path: value"),
+    ({"level": 5}, "level must be a string"),
+    ({"q": ["x"]}, "q must be a string"),
+    ({"regex": 1}, "regex must be a string"),
+    ({"level": "loud"}, "unknown level 'loud': use one of trace, debug, info, warn, error, fatal"),
+    ({"service": [f"s{i}" for i in range(21)]}, "at most 20 services"),
+    ({"service": "x" * 201}, "a service name is longer than 200 characters"),
+    ({"q": "x" * 201}, "q is longer than 200 characters"),
+    ({"regex": "x" * 201}, "regex is longer than 200 characters"),
+    ({"attributes": {f"a{i}": 1 for i in range(11)}}, "at most 10 attribute conditions"),
+    ({"attributes": {"a": None}}, "bad attribute condition 'a': use attr.<path>=<value>"),
+    ({"attributes": {"a": {"b": 1}}}, "bad attribute condition 'a'"),
+    ({"attributes": {"a": [1]}}, "bad attribute condition 'a'"),
+    ({"attributes": {"": "1"}}, "bad attribute condition ''"),
+    ({"attributes": {"p" * 201: "1"}}, "bad attribute condition"),
+    ({"attributes": {"a": "v" * 201}}, "bad attribute condition 'a'"),
+])
+def test_a_bad_subscribe_says_exactly_what_is_wrong(message, reason):
+    with pytest.raises(FilterError) as caught:
+        Filter.from_message({"type": "subscribe", **message})
+    assert str(caught.value).startswith(reason)
+
+
+def test_every_limit_is_inclusive():
+    most = Filter.from_message({"type": "subscribe", "level": "WARN", "service": [f"s{i}" for i in range(20)],
+                                "q": "Q" * 200, "regex": "r" * 200,
+                                "attributes": {f"a{i}": "v" * 200 for i in range(10)}})
+    assert most.min_severity == 13 and len(most.services) == 20 and most.text == "q" * 200
+    assert most.pattern == "r" * 200 and len(most.attributes) == 10
+    assert Filter.from_message({"type": "subscribe", "service": "x" * 200}).services == {"x" * 200}
+    assert Filter.from_message({"type": "subscribe", "attributes": {"p" * 200: 1}}).attributes == (("p" * 200, "1"),)
+
+
+def test_a_subscribe_without_conditions_is_everything_and_blank_services_are_ignored():
+    assert Filter.from_message({"type": "subscribe"}) == EVERYTHING
+    assert Filter.from_message({"type": "subscribe", "level": None, "q": "", "regex": None}).everything
+    assert Filter.from_message({"type": "subscribe", "service": [" api ", " ", ""]}).services == {"api"}
+    assert Filter.from_message({"type": "subscribe", "service": "api"}).describe() == {"service": ["api"]}
+
+
+@pytest.mark.parametrize("attributes, path, wanted, matched", [
+    ({"user": {"id": 7}}, "user.id", "7", True),
+    ({"user.id": 7}, "user.id", "7", True),  # a flat key with dots
+    ({"user": {"id": 7}}, "user.id", "8", False),
+    ({"user": {"name": "x"}}, "user.id", "7", False),
+    ({"user": 7}, "user.id", "7", False),  # not an object on the way
+    ({"ok": True}, "ok", True, True),
+    ({"ok": True}, "ok", "true", True),  # booleans compare as JSON text
+    ({"ok": False}, "ok", "false", True),
+    ({"ok": False}, "ok", "False", False),
+    ({"code": 500}, "code", 500, True),
+    ({"code": "500"}, "code", 500, True),
+    ({"tags": ["a"]}, "tags", "['a']", False),  # lists and objects never match
+    ({"meta": {}}, "meta", "{}", False),
+    ({"gone": None}, "gone", "None", False),
+])
+def test_attribute_conditions_compare_scalars_as_text_along_dotted_paths(attributes, path, wanted, matched):
+    wanted_filter = Filter.from_message({"type": "subscribe", "attributes": {path: wanted}})
+    assert wanted_filter.matches(rec(1, **attributes)) is matched
+
+
+def test_query_filters_take_the_last_value_and_split_services_on_commas():
+    f = Filter.from_query({"level": ["debug", "error"], "q": ["a", "B"], "service": ["x, y", "z"],
+                           "attr.code": ["1", "2"]})
+    assert f.describe() == {"level": "error", "service": ["x", "y", "z"], "q": "b", "attributes": {"code": "2"}}
+    assert Filter.from_query({}) == EVERYTHING and Filter.from_query({"level": []}) == EVERYTHING
+
+
+@pytest.mark.parametrize("level, severities_passing", [
+    ("trace", [1, 5, 9, 13, 17, 21]), ("debug", [5, 9, 13, 17, 21]), ("info", [9, 13, 17, 21]),
+    ("warn", [13, 17, 21]), ("error", [17, 21]), ("fatal", [21]),
+])
+def test_a_minimum_level_passes_that_level_and_above(level, severities_passing):
+    f = Filter.from_query({"level": [level]})
+    names = {1: "trace", 5: "debug", 9: "info", 13: "warn", 17: "error", 21: "fatal"}
+    assert [n for n, name in names.items() if f.matches(rec(1, name))] == severities_passing
+    assert f.describe() == {"level": level}
+
+
+def test_the_ring_holds_exactly_what_fits_its_byte_bound():
+    size = rec(0).size + 200  # RECORD_OVERHEAD
+    ring = ReplayRing(max_records=100, max_bytes=3 * size)
+    ring.add([rec(i) for i in range(3)])
+    assert len(ring) == 3, "exactly at the bound: all kept"
+    ring.add([rec(3)])
+    assert [r.offset for r in ring.tail(EVERYTHING, 10)] == [1, 2, 3]
+
+
+def test_resume_per_partition_with_a_filter():
+    ring = ReplayRing(max_records=100, max_bytes=1 << 20)
+    ring.add([rec(10, "error", partition=1), rec(11, "info", partition=1), rec(12, "error", partition=1),
+              rec(3, "error", partition=0)])
+    errors = Filter.from_query({"level": ["error"]})
+    # Partition 0: nothing newer than 3. Partition 1 started at 10: 6..9 were never here.
+    # Partition 7: never published. None of them stops the others from being reported.
+    missed, gaps = ring.since(errors, {("logs", 0): 3, ("logs", 1): 5, ("logs", 7): 0})
+    assert [(r.partition, r.offset) for r in missed] == [(1, 10), (1, 12)], "only matching records, only after"
+    assert [g.as_dict() for g in gaps] == [{"topic": "logs", "partition": 1, "from": 6, "to": 9}]
+
+
+def test_a_partition_marked_but_not_yet_published_has_nothing_newer():
+    ring = ReplayRing(max_records=100, max_bytes=1 << 20)
+    ring.mark_start("logs", 0, 50)
+    assert ring.positions() == ["logs:0:49"], "the last offset before the start"
+    assert ring.since(EVERYTHING, {("logs", 0): 49}) == ([], [])
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("logs:0:-1", {("logs", 0): -1}),  # nothing seen yet on that partition
+    ("logs:0:0,,logs:3:7,", {("logs", 0): 0, ("logs", 3): 7}),
+    ("a.b-c_d:12:345", {("a.b-c_d", 12): 345}),
+])
+def test_positions_at_their_bounds(text, parsed):
+    assert parse_positions(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["logs:0:-2", "logs:-1:5", "logs:-1:-2", ":0:1"])
+def test_positions_out_of_bounds_are_refused_naming_the_item(text):
+    with pytest.raises(ValueError) as caught:
+        parse_positions(text)
+    assert str(caught.value) == text
+
+
+def test_at_most_ten_thousand_positions():
+    assert len(parse_positions(",".join(f"logs:{p}:0" for p in range(10_000)))) == 10_000
+    with pytest.raises(ValueError, match="^too many positions$"):
+        parse_positions(",".join(f"logs:{p}:0" for p in range(10_001)))
