@@ -135,3 +135,178 @@ def test_each_bound_is_refused_just_outside_it_with_the_accepted_form(name, valu
 ])
 def test_each_bound_is_accepted_on_it(name, value, field, parsed):
     assert getattr(Settings.from_env({name: value}), field) == parsed
+
+
+# Every numeric setting: (variable, field, default, lowest, highest, unit divisor), as the README documents.
+INTEGERS = [
+    ("PORT", "port", 6006, 1, 65535, 1),
+    ("KAFKA_PARTITION_REFRESH_MS", "partition_refresh_s", 10_000, 100, 3_600_000, 1000),
+    ("KAFKA_SESSION_TIMEOUT_MS", "kafka_session_timeout_ms", 45_000, 6_000, 1_800_000, 1),
+    ("MAX_VALUE_BYTES", "max_value_bytes", 1 << 20, 1024, 64 << 20, 1),
+    ("TAIL_BATCH_SIZE", "tail_batch_size", 500, 1, 100_000, 1),
+    ("TAIL_BATCH_INTERVAL_MS", "tail_batch_interval_s", 50, 1, 60_000, 1000),
+    ("FORWARD_BATCH_SIZE", "forward_batch_size", 2000, 1, 100_000, 1),
+    ("FORWARD_BATCH_INTERVAL_MS", "forward_batch_interval_s", 500, 1, 60_000, 1000),
+    ("BATCH_MAX_BYTES", "batch_max_bytes", 1 << 20, 1024, 64 << 20, 1),
+    ("WS_MAX_CLIENTS", "max_clients", 20_000, 1, 1_000_000, 1),
+    ("WS_CLIENT_BUFFER_BYTES", "client_buffer_bytes", 4 << 20, 64 << 10, 1 << 30, 1),
+    ("WS_MAX_MESSAGE_BYTES", "max_message_bytes", 64 << 10, 125, 16 << 20, 1),
+    ("REPLAY_RECORDS", "replay_records", 5000, 0, 1_000_000, 1),
+    ("REPLAY_BYTES", "replay_bytes", 8 << 20, 0, 1 << 30, 1),
+]
+NUMBERS = [
+    ("WS_STALL_TIMEOUT_S", "client_stall_timeout_s", 30, 0.1, 3600),
+    ("WS_PING_INTERVAL_S", "ping_interval_s", 25, 0.1, 3600),
+    ("EXPORT_RETRY_MAX_S", "retry_backoff_max_s", 30, 0.1, 3600),
+]
+
+
+@pytest.mark.parametrize("name, field, default, low, high, divisor", INTEGERS)
+def test_each_integer_setting_its_default_and_inclusive_bounds(name, field, default, low, high, divisor):
+    def scaled(value: int) -> float:
+        return value / divisor if divisor > 1 else value
+    assert getattr(Settings.from_env({}), field) == scaled(default) == getattr(Settings(), field)
+    for accepted in (low, high):
+        assert getattr(Settings.from_env({name: f" {accepted} "}), field) == scaled(accepted)
+    for refused in (low - 1, high + 1, "1e3", "ten"):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({name: str(refused)})
+        assert str(caught.value) == f"{name}={str(refused)!r} is invalid: expected an integer from {low} to {high}"
+
+
+@pytest.mark.parametrize("name, field, default, low, high", NUMBERS)
+def test_each_number_setting_its_default_and_inclusive_bounds(name, field, default, low, high):
+    assert getattr(Settings.from_env({}), field) == default == getattr(Settings(), field)
+    assert getattr(Settings.from_env({name: str(low)}), field) == low
+    assert getattr(Settings.from_env({name: str(high)}), field) == high
+    assert getattr(Settings.from_env({name: "2.5"}), field) == 2.5
+    for refused in ("0.09", str(high + 0.5), "inf", "nan", "soon"):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({name: refused})
+        assert str(caught.value) == f"{name}={refused!r} is invalid: expected a number from {low:g} to {high:g}"
+
+
+@pytest.mark.parametrize("name, field", [("TAIL_ENABLED", "tail_enabled"), ("FORWARD_ENABLED", "forward_enabled")])
+def test_switches_take_the_usual_words_in_any_case(name, field):
+    assert getattr(Settings.from_env({}), field) is True
+    for word in ("1", "true", "yes", "on", "TRUE", "On"):
+        assert getattr(Settings.from_env({name: word}), field) is True, word
+    for word in ("0", "false", "no", "off", "FALSE", "Off"):
+        assert getattr(Settings.from_env({name: word}), field) is False, word
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: "enabled"})
+    assert str(caught.value) == f"{name}='enabled' is invalid: expected true or false"
+
+
+@pytest.mark.parametrize("name, field, choices, default", [
+    ("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism", ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "PLAIN"),
+    ("KAFKA_AUTO_OFFSET_RESET", "kafka_auto_offset_reset", ("earliest", "latest"), "earliest"),
+    ("LOG_LEVEL", "log_level", ("debug", "info", "warning", "error", "critical"), "info"),
+    ("LOG_FORMAT", "log_format", ("auto", "json", "text"), "auto"),
+])
+def test_each_choice_is_accepted_in_any_case_and_nothing_else(name, field, choices, default):
+    assert getattr(Settings.from_env({}), field) == default == getattr(Settings(), field)
+    for choice in choices:
+        assert getattr(Settings.from_env({name: choice.swapcase()}), field) == choice
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: "other"})
+    assert str(caught.value) == f"{name}='other' is invalid: expected one of {', '.join(choices)}"
+
+
+def test_security_protocols():
+    with_key = {"KAFKA_API_KEY": "k", "KAFKA_API_SECRET": "s"}
+    for protocol in ("PLAINTEXT", "SSL"):
+        assert Settings.from_env({"KAFKA_SECURITY_PROTOCOL": protocol.lower()}).kafka_security_protocol == protocol
+        assert not Settings.from_env({"KAFKA_SECURITY_PROTOCOL": protocol}).kafka_sasl
+    for protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        settings = Settings.from_env({**with_key, "KAFKA_SECURITY_PROTOCOL": protocol})
+        assert settings.kafka_security_protocol == protocol and settings.kafka_sasl
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"})
+    assert str(caught.value) == ("KAFKA_API_KEY is not set: KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT needs "
+                                 "KAFKA_API_KEY and KAFKA_API_SECRET")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"KAFKA_API_KEY": "k"})
+    assert str(caught.value) == "KAFKA_API_SECRET is not set: it is required when KAFKA_API_KEY is set"
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"KAFKA_API_SECRET": "s"})
+    assert str(caught.value) == "KAFKA_API_KEY is not set: it is required when KAFKA_API_SECRET is set"
+
+
+def test_the_process_environment_is_read_when_none_is_given(monkeypatch):
+    monkeypatch.setenv("PORT", "7007")
+    assert Settings.from_env().port == 7007
+    assert Settings.from_env({}).port == 6006
+
+
+@pytest.mark.parametrize("name, value, accepted", [
+    ("KAFKA_TOPIC", "Logs.v2_x-y", True),
+    ("KAFKA_TOPIC", "t" * 249, True),
+    ("KAFKA_TOPIC", "t" * 250, False),
+    ("KAFKA_TOPIC", ".", False),
+    ("KAFKA_TOPIC", "..", False),
+    ("KAFKA_TOPIC", "...", True),
+    ("DEAD_LETTER_TOPIC", "DLQ", True),
+    ("FRONTEND_URL", "https://a.example.com/", True),
+    ("FRONTEND_URL", "https://a.example.com:8443", True),
+    ("FRONTEND_URL", "https://a.example.com/app", False),
+    ("FRONTEND_URL", "https://a.example.com/?x=1", False),
+    ("FRONTEND_URL", "https://a.example.com/#top", False),
+    ("FRONTEND_URL", "ftp://a.example.com", False),
+    ("FRONTEND_URL", "https://", False),
+    ("FRONTEND_ADMIN_URL", "http://admin:3002", True),
+    ("FRONTEND_SELLER_URL", "seller", False),
+    ("INGEST_TOKEN", "x" * 16, True),
+    ("INGEST_TOKEN", "x" * 15, False),
+    ("INGEST_TOKEN", "x" * 10 + "\t" + "x" * 10, False),
+    ("TRUSTED_PROXIES", "10.1.2.3/8", True),  # host bits are allowed: the network is meant
+    ("TRUSTED_PROXIES", "::1, fd00::/8", True),
+    ("TRUSTED_PROXIES", "localhost", False),
+    ("KAFKA_BROKER_URL", "b1:9092,[::1]:9093", True),
+    ("KAFKA_BROKER_URL", "b1", False),
+    ("KAFKA_BROKER_URL", " , ", False),
+    ("OTLP_ENDPOINT", "http://c:99999", False),
+    ("OTLP_ENDPOINT", "http://:4318", False),
+    ("OTLP_ENDPOINT", "c:4318/path", False),
+])
+def test_formats_at_their_edges(name, value, accepted):
+    if accepted:
+        Settings.from_env({name: value})
+    else:
+        with pytest.raises(ConfigError, match=f"^{name}="):
+            Settings.from_env({name: value})
+
+
+def test_the_parsed_forms():
+    s = Settings.from_env({"TRUSTED_PROXIES": "10.1.2.3/8", "FRONTEND_SELLER_URL": "HTTPS://Seller.Example.com/",
+                           "FRONTEND_ADMIN_URL": "http://admin:3002", "KAFKA_GROUP_ID": " g1 ",
+                           "KAFKA_TOPIC": "t1", "DEAD_LETTER_TOPIC": "t1.dlq"})
+    assert s.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert s.cors_origins == ("http://localhost:3000", "https://seller.example.com", "http://admin:3002")
+    assert (s.kafka_group_id, s.kafka_topic, s.dead_letter_topic) == ("g1", "t1", "t1.dlq")
+    assert Settings.from_env({}).trusted_proxies == () and Settings.from_env({}).dead_letter_topic is None
+    assert Settings.from_env({}).ingest_token is None and Settings.from_env({}).kafka_ca_file is None
+
+
+def test_endpoint_errors_name_the_accepted_form():
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"OTLP_ENDPOINT": "nope"})
+    assert str(caught.value) == "OTLP_ENDPOINT='nope' is invalid: expected host:port or an http(s) URL"
+    for name in ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({name: "ftp://x"})
+        assert str(caught.value) == f"{name}='ftp://x' is invalid: expected an http(s) URL"
+    assert Settings.from_env({"OTLP_ENDPOINT": "http://c:4318//"}).otlp_endpoint == "http://c:4318//"
+    assert Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/base/"}).otlp_endpoint == \
+        "http://c:4318/base/v1/logs"
+    assert Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/v1/logs"}).otlp_endpoint == \
+        "http://c:4318/v1/logs"
+
+
+def test_a_ca_file_must_be_a_readable_pem_bundle(tmp_path):
+    import certifi
+    assert Settings.from_env({"KAFKA_SSL_CA_FILE": certifi.where()}).kafka_ca_file == certifi.where()
+    for bad in (str(tmp_path), str(tmp_path / "missing.pem")):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({"KAFKA_SSL_CA_FILE": bad})
+        assert str(caught.value) == f"KAFKA_SSL_CA_FILE={bad!r} is invalid: expected a readable PEM file of CA certificates"
