@@ -115,6 +115,7 @@ def test_beyond_the_client_limit_the_upgrade_is_answered_503(kafka, topic, servi
 @pytest.mark.parametrize("frame, code", [
     (masked_frame(b"x" * 70_000), 1009),          # larger than WS_MAX_MESSAGE_BYTES (64 KiB)
     (masked_frame(b"\x00\x01", opcode=0x2), 1003),  # binary
+    (masked_frame(b"\xc3\x28 not UTF-8"), 1007),    # a text message that is not UTF-8
     (b"GARBAGE BYTES\r\n\r\n", 1002),              # not WebSocket framing at all
 ])
 def test_misbehaving_clients_are_closed_and_nobody_else_notices(kafka, topic, service, ws_client, frame, code):
