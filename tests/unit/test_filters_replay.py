@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -127,9 +128,26 @@ class FakeClient:
     def start(self, on_text, on_close, initial=b"") -> None:
         self.on_text, self.on_close = on_text, on_close
 
-    def pause(self) -> None: ...
+    def pause(self) -> None:
+        self.paused = True
 
-    def resume(self) -> None: ...
+    def resume(self) -> None:
+        self.paused = False
+
+    last_seen = 0.0
+    stall_checks = 0
+    closed_with: tuple[int, str] | None = None
+    aborted = False
+
+    def check_stall(self) -> None:
+        self.stall_checks += 1
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed_with = (code, reason)
+        self.closing = True
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def messages(self) -> list[dict]:
         out = []
@@ -454,3 +472,80 @@ def test_at_most_ten_thousand_positions():
     assert len(parse_positions(",".join(f"logs:{p}:0" for p in range(10_000)))) == 10_000
     with pytest.raises(ValueError, match="^too many positions$"):
         parse_positions(",".join(f"logs:{p}:0" for p in range(10_001)))
+
+
+class SteppingStop:
+    """The keepalive's stop event: each wait moves the hub's fake clock instead of sleeping."""
+
+    def __init__(self, clock: list[float], steps: int) -> None:
+        self.clock, self.steps = clock, steps
+
+    def wait(self, timeout: float) -> bool:
+        if self.steps == 0:
+            return True
+        self.steps -= 1
+        self.clock[0] += timeout
+        return False
+
+
+def test_keepalive_pings_each_interval_checks_stalls_between_and_closes_the_silent(monkeypatch):
+    import logger.hub as hub_module
+    clock = [1_000.0]
+    monkeypatch.setattr(hub_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    hub = Hub(Settings(ping_interval_s=25))
+    fresh, silent = FakeClient(), FakeClient()
+    fresh.last_seen, silent.last_seen = 1_000.0, 1_000.0 - 51
+    hub.attach(fresh)
+    hub.attach(silent)
+    hub.keepalive(SteppingStop(clock, 26))  # 26 one-second steps
+    assert silent.closed_with == (1011, "keepalive ping timeout") and hub.counters["closed_unresponsive"] == 1
+    pings = [f for f in fresh.frames if f[0] == 0x89]
+    assert pings == [b"\x89\x00"], "one ping, at 25 s"
+    assert fresh.stall_checks == 25, "every other second: a stall check"
+    assert fresh.closed_with is None
+
+
+def test_close_all_says_going_away_to_everyone_and_drops_those_that_stay():
+    hub = Hub(Settings())
+    clients = [FakeClient(), FakeClient()]
+    for client in clients:
+        hub.attach(client)
+    hub.close_all(timeout=0)
+    assert not hub.accepting
+    assert [c.closed_with for c in clients] == [(1001, "server shutting down")] * 2
+    assert all(c.aborted for c in clients), "no answer within the timeout: cut"
+
+
+def test_publish_counts_what_each_group_got():
+    hub = Hub(Settings())
+    everyone = [FakeClient(), FakeClient()]
+    errors = FakeClient()
+    for client in everyone:
+        hub.attach(client)
+    hub.attach(errors, Subscription(Filter.from_query({"level": ["error"]})))
+    hub.publish([rec(0, "info"), rec(1, "error"), rec(2, "info")])
+    assert hub.counters["records_delivered"] == 3 * 2 + 1 and hub.counters["batches"] == 1
+    assert hub.counters["bytes_sent"] == 2 * len(everyone[0].frames[-1]) + len(errors.frames[-1])
+    hub.publish([rec(3, "info")])  # nothing for the errors group: no frame at all
+    assert errors.offsets() == [1] and len(errors.frames) == 2  # hello + one batch
+    hub.publish([])
+    assert hub.counters["batches"] == 2
+
+
+@pytest.mark.parametrize("text", ["[1]", '"pause"', '{"type": 5}', "{}"])
+def test_messages_that_are_not_objects_with_a_type_get_an_error(text):
+    hub = Hub(Settings())
+    client = FakeClient()
+    hub.attach(client)
+    client.on_text(client, text)
+    assert client.messages()[-1] == {"type": "error", "error": "messages must be JSON objects with a type"}
+
+
+def test_pause_and_resume_reach_the_client():
+    hub = Hub(Settings())
+    client = FakeClient()
+    hub.attach(client)
+    client.on_text(client, '{"type":"pause"}')
+    assert client.paused is True
+    client.on_text(client, '{"type":"resume"}')
+    assert client.paused is False and client.messages()[-1] == {"type": "resumed"}
