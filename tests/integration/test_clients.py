@@ -139,7 +139,9 @@ def test_a_client_that_never_answers_pings_is_closed(kafka, topic, service):
     try:
         silent.wait(lambda: silent.clients[0].close_code is not None or silent.clients[0].eof, 10, "the close")
         assert silent.clients[0].close_code == 1011
-        time.sleep(1.5)  # three more ping intervals: the answering client is still there
+        # Three more ping intervals, each ping answered: the answering client is still there.
+        answered = answering.clients[0].pings_answered
+        answering.wait(lambda: answering.clients[0].pings_answered >= answered + 3, 10, "three more pings")
         assert answering.clients[0].close_code is None and not answering.clients[0].eof
     finally:
         silent.close()
