@@ -310,3 +310,36 @@ def test_a_ca_file_must_be_a_readable_pem_bundle(tmp_path):
         with pytest.raises(ConfigError) as caught:
             Settings.from_env({"KAFKA_SSL_CA_FILE": bad})
         assert str(caught.value) == f"KAFKA_SSL_CA_FILE={bad!r} is invalid: expected a readable PEM file of CA certificates"
+
+
+def test_credentials_and_names_are_kept_as_given(tmp_path):
+    s = Settings.from_env({"KAFKA_API_KEY": "KEY1", "KAFKA_API_SECRET": "secret-1"})
+    assert (s.kafka_api_key, s.kafka_api_secret) == ("KEY1", "secret-1")
+    assert Settings.from_env({}).default_service_name == "unknown_service"
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="^KAFKA_SSL_CA_FILE="):
+        Settings.from_env({"KAFKA_SSL_CA_FILE": str(not_pem)})
+
+
+@pytest.mark.parametrize("name, value, form", [
+    ("KAFKA_BROKER_URL", "nohost", "a comma-separated list of host:port"),
+    ("KAFKA_TOPIC", "a b", "1-249 characters of letters, digits, '.', '_' or '-'"),
+    ("FRONTEND_SELLER_URL", "seller", "an origin such as https://app.example.com"),
+])
+def test_format_errors_name_the_accepted_form(name, value, form):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: value})
+    assert str(caught.value) == f"{name}={value!r} is invalid: expected {form}"
+
+
+def test_a_bad_token_is_not_shown_but_the_rule_is():
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"INGEST_TOKEN": "short"})
+    assert str(caught.value) == "INGEST_TOKEN=<not shown> is invalid: expected at least 16 characters without spaces"
+
+
+def test_only_slashes_are_trimmed_before_the_logs_path():
+    assert Settings.from_env({"OTLP_ENDPOINT": "http://BOX/"}).otlp_endpoint == "http://BOX/v1/logs"
+    assert Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h/pathX/"}).otlp_endpoint == \
+        "http://h/pathX/v1/logs"
