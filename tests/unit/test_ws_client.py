@@ -306,7 +306,7 @@ def test_a_peers_close_is_answered_with_its_code_when_that_code_may_be_sent(pair
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from logger.ws_client import ProtocolViolation, parse_frame  # noqa: E402
+from logger.ws_client import ProtocolViolation, close_frame, parse_frame  # noqa: E402
 
 
 @settings(max_examples=400, deadline=None)
@@ -340,3 +340,61 @@ def test_a_client_sending_random_bytes_is_closed_cleanly_or_left_waiting(data):
         assert opcode == OP_CLOSE and (code in (1000, 1002, 1003, 1007, 1009) or code in SENDABLE), code
     client.abort()
     peer.close()
+
+
+def frame_head(opcode: int, length: int, fin: bool = True, masked_bit: bool = True) -> bytes:
+    first = (0x80 if fin else 0) | opcode
+    mask_bit = 0x80 if masked_bit else 0
+    if length < 126:
+        return struct.pack("!BB", first, mask_bit | length)
+    if length < 65536:
+        return struct.pack("!BBH", first, mask_bit | 126, length)
+    return struct.pack("!BBQ", first, mask_bit | 127, length)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 40_000, 65535, 65536, 70_000])
+def test_client_frames_of_every_length_form_parse_intact(size):
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    frame = masked(payload)
+    assert parse_frame(b"xx" + frame, 2, 1 << 20) == (True, OP_TEXT, payload, 2 + len(frame))
+    assert parse_frame(frame[:-1], 0, 1 << 20) is None, "one byte short: wait for more"
+
+
+@pytest.mark.parametrize("head, reason", [
+    (b"\x81\x02", "client frames must be masked"),  # refused from its first two bytes
+    (b"\x81\x03", "client frames must be masked"),  # (an odd length sets the low bit, not the mask bit)
+    (b"\xc1\x82", "reserved bits set without an extension"),
+    (b"\x83\x80", "unknown opcode 3"),
+    (frame_head(OP_PING, 126), "control frames must be short and unfragmented"),
+    (frame_head(OP_CLOSE, 126), "control frames must be short and unfragmented"),
+    (frame_head(OP_PONG, 5, fin=False), "control frames must be short and unfragmented"),
+])
+def test_protocol_errors_are_found_in_the_header_with_their_reason(head, reason):
+    with pytest.raises(ProtocolViolation) as caught:
+        parse_frame(head, 0, 1 << 20)
+    assert (caught.value.code, caught.value.reason) == (1002, reason)
+
+
+def test_a_control_frame_may_carry_exactly_125_bytes():
+    frame = masked(b"p" * 125, OP_PING)
+    assert parse_frame(frame, 0, 1024)[2] == b"p" * 125
+
+
+@pytest.mark.parametrize("head", [frame_head(OP_TEXT, 2000), frame_head(OP_TEXT, 70_000)])
+def test_a_too_long_message_is_refused_from_its_length_field_alone(head):
+    with pytest.raises(ProtocolViolation) as caught:
+        parse_frame(head, 0, 1024)
+    assert caught.value.code == 1009
+
+
+def test_server_frames_keep_their_opcode_in_every_length_form():
+    for opcode in (OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG):
+        for size in (10, 200, 70_000):
+            frame = encode_frame(b"z" * size, opcode)
+            assert frame[0] == 0x80 | opcode, (opcode, size)
+
+
+def test_a_close_frame_carries_the_code_and_at_most_123_bytes_of_reason():
+    frame = close_frame(1008, "é" + "x" * 200)
+    assert frame[1] == 125 and struct.unpack("!H", frame[2:4])[0] == 1008
+    assert close_frame(1000) == b"\x88\x02\x03\xe8"
