@@ -106,3 +106,47 @@ def test_every_prometheus_series_the_readme_names_is_exposed_with_its_labels():
             assert set(labels.split(",")) - {"pid"} == declared, series
         else:
             assert declared == set(), series
+
+
+def test_liveness_names_the_service_and_its_routes():
+    import logger
+    assert make_app().test_client().get("/").json == {"service": "logger-service", "version": logger.__version__,
+                                                      "status": "ok", "websocket": "/ws", "health": "/health"}
+
+
+def test_readiness_waits_for_each_enabled_reader_and_not_for_a_disabled_one():
+    app = create_app(Settings.from_env({"FORWARD_ENABLED": "false"}))
+    client, service = app.test_client(), service_of(app)
+    starting = client.get("/ready")
+    assert starting.status_code == 503
+    assert starting.json == {"ready": False, "waiting": {"service": "starting", "tail": "starting"}}
+    service._started = True  # what start() sets once the readers are spawned
+    service.tail.set("degraded", "no broker")
+    assert client.get("/ready").json["waiting"] == {"tail": "degraded: no broker"}
+    service.tail.set("ok")
+    ready = client.get("/ready")
+    assert (ready.status_code, ready.json) == (200, {"ready": True, "waiting": {}})
+    service._stopping = True  # what stop() sets first
+    assert client.get("/ready").json["waiting"] == {"service": "draining"}
+
+
+def test_health_is_degraded_while_any_part_is():
+    app = create_app(Settings())
+    service = service_of(app)
+    for part in (service.tail, service.forward):
+        part.set("ok")
+    assert app.test_client().get("/health").json["status"] == "ok", "the collector idle is healthy"
+    service.collector.set("degraded", "HTTP 503")
+    health = app.test_client().get("/health").json
+    assert health["status"] == "degraded" and health["collector"]["error"] == "HTTP 503"
+    assert health["collector"]["endpoint"] == "http://localhost:4318/v1/logs"
+    assert health["kafka"]["brokers"] == ["localhost:9092"] and health["kafka"]["topic"] == "logs"
+
+
+def test_metrics_are_prometheus_text_and_bodies_over_a_mebibyte_are_refused():
+    app = create_app(Settings.from_env({"INGEST_TOKEN": TOKEN}))
+    response = app.test_client().get("/metrics")
+    assert response.status_code == 200 and response.content_type.startswith("text/plain")
+    too_big = app.test_client().post("/api/logs", data=b"x" * ((1 << 20) + 1),
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    assert too_big.status_code == 413
