@@ -39,7 +39,7 @@ MUTATE_JOBS ?= 2
 MUTATE_TIMEOUT ?= 3600
 mutate: $(VENV)/.installed
 	rm -rf mutants
-	timeout $(MUTATE_TIMEOUT) $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE) > mutants.log 2>&1 \
+	timeout $(MUTATE_TIMEOUT) $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(if $(MUTATE),"$(MUTATE)") > mutants.log 2>&1 \
 		|| { tail -c 2000 mutants.log; exit 1; }
 	$(PY) -m devstack.mutation
 
