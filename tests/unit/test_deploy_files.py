@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -114,3 +115,26 @@ def test_compose_config_accepts_the_file_where_docker_is_installed():
     result = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def gunicorn_settings(env: dict[str, str], metrics_dir: Path) -> dict:
+    """What gunicorn.conf.py sets, read in a child process (it exports PROMETHEUS_MULTIPROC_DIR)."""
+    script = ("import json, runpy; ns = runpy.run_path('gunicorn.conf.py'); "
+              "print(json.dumps({k: ns[k] for k in ('bind', 'workers', 'worker_connections', 'backlog', "
+              "'graceful_timeout', 'accesslog', 'worker_class', 'loglevel', 'control_socket_disable')}))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **env})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_gunicorn_conf_derives_its_settings_from_the_environment(tmp_path):
+    defaults = gunicorn_settings({}, tmp_path / "metrics")
+    assert defaults == {"bind": "0.0.0.0:6006", "workers": 1, "worker_connections": 21_000, "backlog": 4096,
+                        "graceful_timeout": 20, "accesslog": "-", "worker_class": "logger.gunicorn_worker.Worker",
+                        "loglevel": "info", "control_socket_disable": True}
+    chosen = gunicorn_settings({"HOST": "127.0.0.1", "PORT": "7000", "WEB_CONCURRENCY": "3", "WS_MAX_CLIENTS": "500",
+                                "GRACEFUL_TIMEOUT": "7", "ACCESS_LOG": "off", "LOG_LEVEL": "debug"},
+                               tmp_path / "metrics")
+    assert chosen == {**defaults, "bind": "127.0.0.1:7000", "workers": 3, "worker_connections": 1500,
+                      "graceful_timeout": 7, "accesslog": None, "loglevel": "debug"}
