@@ -64,3 +64,42 @@ def restore_logging():
     for name, (handlers, level, propagate) in saved.items():
         lg = logging.getLogger(name)
         lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+
+
+def test_the_logging_config_gunicorn_gets():
+    config = logs.gunicorn_logconfig("debug", "text", access_log=False)
+    assert config == {
+        "version": 1,
+        "disable_existing_loggers": False,  # Gunicorn's and kafka-python's loggers exist already
+        "formatters": {"service": {"format": logs.TEXT_FORMAT, "datefmt": "%Y-%m-%d %H:%M:%S %z"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "service",
+                                "stream": "ext://sys.stderr"}},
+        "root": {"level": "WARNING", "handlers": ["stderr"]},
+        "loggers": {
+            "logger": {"level": "DEBUG", "handlers": ["stderr"], "propagate": False},
+            "gunicorn.error": {"level": "DEBUG", "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": "CRITICAL", "handlers": ["stderr"], "propagate": False},
+            "kafka": {"level": "WARNING", "handlers": [], "propagate": False},  # never printed
+        },
+    }
+    assert logs.gunicorn_logconfig("info", "json")["formatters"]["service"] == {"()": logs.JsonFormatter}
+    assert logs.gunicorn_logconfig("info", "json")["loggers"]["gunicorn.access"]["level"] == "INFO"
+
+
+def test_a_json_line_carries_the_record_time_in_utc_and_the_exception():
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        import sys
+        record = logging.LogRecord("logger.x", logging.ERROR, __file__, 1, "failed %s", ("here",), sys.exc_info())
+    record.created, record.msecs = 1_790_000_000.25, 250.0
+    event = json.loads(logs.JsonFormatter().format(record))
+    assert event["time"] == "2026-09-21T14:13:20.250Z" and event["message"] == "failed here"
+    assert event["exception"].startswith("Traceback") and "RuntimeError: boom" in event["exception"]
+    plain = logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1, "GET %s", ("/x",), None)
+    assert json.loads(logs.JsonFormatter().format(plain))["message"] == "GET /x", "access text without atoms"
+    atoms = logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1, "%(h)s", None, None)
+    atoms.args = {"h": "-", "s": "200", "B": "-", "U": "", "a": "7"}
+    event = json.loads(logs.JsonFormatter().format(atoms))
+    assert event == {**{k: event[k] for k in ("time", "level", "logger", "pid")}, "message": "request",
+                     "status": 200, "user_agent": "7"}, "absent atoms are left out; only status and bytes are numbers"
