@@ -119,14 +119,16 @@ class FakeClient:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.droppable: list[bool] = []
         self.subscription = None
         self.closing = self.closed = False
 
     def send(self, frame: bytes, droppable: bool = True) -> None:
         self.frames.append(frame)
+        self.droppable.append(droppable)
 
     def start(self, on_text, on_close, initial=b"") -> None:
-        self.on_text, self.on_close = on_text, on_close
+        self.on_text, self.on_close, self.initial = on_text, on_close, initial
 
     def pause(self) -> None:
         self.paused = True
@@ -549,3 +551,71 @@ def test_pause_and_resume_reach_the_client():
     assert client.paused is True
     client.on_text(client, '{"type":"resume"}')
     assert client.paused is False and client.messages()[-1] == {"type": "resumed"}
+
+
+def test_the_hello_message_and_which_frames_may_be_dropped():
+    import os
+
+    import logger
+    hub = Hub(Settings(kafka_topic="orders", ping_interval_s=7, replay_records=3))
+    hub.publish([rec(i) for i in range(5)])
+    client = FakeClient()
+    hub.attach(client, Subscription(Filter.from_query({"level": ["info"]}), since={("logs", 0): 0}))
+    hello = client.messages()[0]
+    assert hello == {"type": "hello", "server": "logger-service", "version": logger.__version__, "topic": "orders",
+                     "worker": os.getpid(), "ping_interval_s": 7, "positions": ["logs:0:4"],
+                     "filter": {"level": "info"}}
+    assert [m["type"] for m in client.messages()] == ["hello", "gap", "logs"]
+    assert client.initial == b"" and client.on_close is not None
+    client.on_text(client, '{"type":"ping"}')
+    hub.publish([rec(5)])
+    # The greeting, the gap, the replay and answers are never dropped; live batches may be.
+    assert client.droppable == [False, False, False, False, True]
+    assert hub.counters["connections"] == 1
+    hub.attach(FakeClient())
+    assert hub.counters["connections"] == 2
+
+
+def test_each_refusal_is_counted_every_time_with_its_reason():
+    hub = Hub(Settings(max_clients=1, cors_origins=("http://box",)))
+    hub.admit({"HTTP_ORIGIN": "HTTP://BOX/"})  # a configured origin, in capitals with a slash
+    for _ in range(2):
+        with pytest.raises(Refusal):
+            hub.admit({"HTTP_ORIGIN": "http://xxxx"})  # no Host header: not our own page either
+        with pytest.raises(Refusal) as bad:
+            hub.admit({"QUERY_STRING": "since=x"})
+    assert bad.value.reason == "since must be topic:partition:offset[,...]"
+    assert (hub.counters["refused_origin"], hub.counters["refused_bad_request"]) == (2, 2)
+    hub.attach(FakeClient())
+    for _ in range(2):
+        with pytest.raises(Refusal) as full:
+            hub.admit({})
+    assert full.value.reason == "this worker already has 1 clients" and hub.counters["refused_full"] == 2
+    hub.close_all(timeout=0)
+    with pytest.raises(Refusal) as closing:
+        hub.admit({})
+    assert closing.value.reason == "server is shutting down" and hub.accepting is False
+    with pytest.raises(Refusal) as level:
+        Hub(Settings()).admit({"QUERY_STRING": "level=loud"})
+    assert level.value.reason.startswith("unknown level 'loud'") and str(level.value) == level.value.reason
+
+
+def test_a_query_without_values_asks_for_nothing_special():
+    assert Subscription.from_query_string("", 10) == Subscription(EVERYTHING, 0, None)
+    assert Subscription.from_query_string("tail=&level=&since=", 10) == Subscription(EVERYTHING, 0, None)
+
+
+def test_keepalive_pings_at_the_interval_exactly_and_closes_after_two_silent_intervals(monkeypatch):
+    import logger.hub as hub_module
+    clock = [1_000.0]
+    monkeypatch.setattr(hub_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    hub = Hub(Settings(ping_interval_s=10))
+    client, quiet = FakeClient(), FakeClient()
+    client.last_seen = quiet.last_seen = 1_000.0
+    hub.attach(client)
+    hub.attach(quiet)
+    hub.keepalive(SteppingStop(clock, 10))  # up to 10 s: the first ping, exactly then
+    assert client.frames[-1] == b"\x89\x00" and client.droppable[-1] is False
+    client.last_seen = clock[0]  # it answered; the quiet one did not
+    hub.keepalive(SteppingStop(clock, 11))  # 21 s after it was last heard from: > 2 intervals
+    assert quiet.closed_with == (1011, "keepalive ping timeout") and client.closed_with is None
