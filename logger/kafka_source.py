@@ -522,10 +522,12 @@ class ForwardReader(_Reader):
 
     def __init__(self, settings: Settings, status: ComponentStatus,
                  export: Callable[[Sequence[LogRecord]], None], abandon: Event,
-                 dead_letter: Callable[[Sequence[LogRecord], str], None] | None = None) -> None:
+                 dead_letter: Callable[[Sequence[LogRecord], str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(settings, status, Batcher(settings.forward_batch_size, settings.forward_batch_interval_s,
                                                    settings.batch_max_bytes))
         self.export = export
+        self._clock = clock  # how long retries wait is measured on it (a fake one in unit tests)
         self.dead_letter = dead_letter
         self._next_lag_update = 0.0
         self._lag_partitions: set[int] = set()
@@ -648,12 +650,12 @@ class ForwardReader(_Reader):
     def _wait_for_retry(self, consumer: KafkaConsumer, delay: float) -> bool:
         """Wait ``delay`` seconds before a retry, staying in the group; False if shutdown
         abandoned the retry meanwhile."""
-        deadline = time.monotonic() + delay
+        deadline = self._clock() + delay
         while True:
-            if self.abandon.wait(min(max(deadline - time.monotonic(), 0), 1.0)):
+            if self.abandon.wait(min(max(deadline - self._clock(), 0), 1.0)):
                 return False
             self._stay_in_group(consumer)
-            if time.monotonic() >= deadline:
+            if self._clock() >= deadline:
                 return True
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
@@ -683,7 +685,7 @@ class ForwardReader(_Reader):
         rebalance complete (for up to ``wait_s``). A partition that a rebalance just
         gave us is not paused, so whatever arrives from it goes into the next batch:
         dropping it would move the position past records never exported."""
-        deadline = time.monotonic() + wait_s
+        deadline = self._clock() + wait_s
         assigned = consumer.assignment()
         consumer.pause(*assigned)
         try:
@@ -692,7 +694,7 @@ class ForwardReader(_Reader):
                 if polled:
                     self.batcher.add(self._decode(polled))
                 stable = consumer.group_metadata().state == MemberState.STABLE
-                if stable or time.monotonic() >= deadline:
+                if stable or self._clock() >= deadline:
                     return
         finally:
             consumer.resume(*(consumer.assignment() & assigned))

@@ -27,6 +27,7 @@ class RawClient:
     messages: list[dict[str, Any]] = field(default_factory=list)
     close_code: int | None = None
     eof: bool = False
+    pings_answered: int = 0
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -101,6 +102,7 @@ def parse_frames(client: RawClient, answer_pings: bool = True) -> None:
             client.sock.setblocking(True)
             client.sock.sendall(masked_frame(payload, 0xA))
             client.sock.setblocking(False)
+            client.pings_answered += 1
 
 
 

@@ -44,8 +44,8 @@ from devstack.waiting import wait_until
 from tests.conftest import produce
 from tests.wsload import handshake
 
-pytestmark = pytest.mark.skipif(
-    nginx_binary() is None,
+pytestmark = pytest.mark.requires(
+    nginx_binary() is not None,
     reason="nginx binary not found: these tests run the real nginx (CI installs it; apt-get install nginx)")
 
 ALLOWED_ORIGIN = "http://localhost:3000"  # FRONTEND_URL's default
