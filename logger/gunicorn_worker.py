@@ -319,7 +319,7 @@ def _service_of(app: Any) -> LogService | None:
 
 def post_worker_init(worker: Any) -> None:
     """After monkey-patching: start this worker's pipeline."""
-    service = _service_of(worker.wsgi)
+    service = _service_of(getattr(worker, "wsgi", None))
     if service is None:
         worker.log.warning("the WSGI app was not made by logger.app.create_app: pipeline not started")
         return
@@ -333,7 +333,7 @@ def post_worker_init(worker: Any) -> None:
 
 def drain(worker: Any) -> None:
     """Flush and close the pipeline inside graceful_timeout (leaving time to exit)."""
-    service = _service_of(worker.wsgi)
+    service = _service_of(getattr(worker, "wsgi", None))  # none if the app failed to load
     if service is not None:
         service.stop(timeout=max(worker.cfg.graceful_timeout - 3, 1))
 

@@ -27,11 +27,13 @@ def test_metrics_add_up_over_workers_and_move_by_the_right_amounts(kafka, topic,
         client.wait_records(n)
     receiver.wait_for_matching(lambda r: r["attributes"].get("run") == run_id, n)
 
-    def moved():
+    def moved():  # exported, and tailed by both workers (the clients may all sit on one of them)
         after = scrape(proc)
-        return after if value(after, "logger_records_exported_total") - \
-            value(before, "logger_records_exported_total") >= n else None
-    after = proc.wait_until(moved, 15, "the export counter to move")
+        exported = value(after, "logger_records_exported_total") - value(before, "logger_records_exported_total")
+        tailed = value(after, "logger_records_consumed_total", path="tail") - \
+            value(before, "logger_records_consumed_total", path="tail")
+        return after if exported >= n and tailed >= 2 * n else None
+    after = proc.wait_until(moved, 15, "the export and tail counters to move")
     delta = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
     assert value(delta, "logger_records_consumed_total", path="tail") == 2 * n, "every worker tails everything"
     assert value(delta, "logger_records_consumed_total", path="forward") == n, "the group splits the forward path"

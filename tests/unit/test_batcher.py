@@ -7,7 +7,7 @@ import pytest
 from logger.backoff import Backoff
 from logger.batcher import Batcher
 from logger.config import Settings
-from logger.kafka_source import tail_fetch_config
+from logger.tail_reader import tail_fetch_config
 from logger.records import decode
 
 

@@ -22,7 +22,7 @@ from kafka.structs import MemberState
 from logger import otlp
 from logger.config import Settings
 from logger.errors import ExportError
-from logger.kafka_source import ForwardReader
+from logger.forward_reader import ForwardReader
 from logger.otlp import OtlpSink
 from logger.records import LogRecord, decode
 from logger.status import ComponentStatus
