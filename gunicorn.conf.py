@@ -22,12 +22,17 @@ else:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="logger-service-metrics-")
 
 from logger import gunicorn_worker, metrics  # noqa: E402
-from logger.config import Settings  # noqa: E402
+from logger.config import Settings, _Env  # noqa: E402
 from logger.errors import ConfigError  # noqa: E402
 from logger.logs import gunicorn_logconfig  # noqa: E402
 
 try:
     settings = Settings.from_env()
+    # Gunicorn's own settings, checked the same way (one line naming the variable).
+    server_env = _Env(os.environ)
+    web_concurrency = server_env.integer("WEB_CONCURRENCY", 1, 1, 256)
+    graceful_timeout_s = server_env.integer("GRACEFUL_TIMEOUT", 20, 1, 3600)
+    access_log_on = server_env.boolean("ACCESS_LOG", True)
 except ConfigError as error:
     sys.stderr.write(f"logger-service: configuration error: {error}\n")
     sys.exit(2)
@@ -42,7 +47,7 @@ backlog = 4096
 # -- Worker processes -------------------------------------------------------------
 # Each worker reads every partition for its own live clients (the tail path) and
 # a share of them for the collector (the forward path): see "Scaling" in the README.
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+workers = web_concurrency
 worker_class = "logger.gunicorn_worker.Worker"
 # Concurrent connections gevent's pool serves. An upgraded WebSocket leaves the
 # pool once the hub owns it (logger.gunicorn_worker.UpgradeHandler), so this bounds HTTP
@@ -51,7 +56,7 @@ worker_class = "logger.gunicorn_worker.Worker"
 worker_connections = settings.max_clients + 1000
 timeout = 30
 # SIGTERM → drain: flush batches, commit offsets, close clients with 1001.
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "20"))
+graceful_timeout = graceful_timeout_s
 keepalive = settings.http_keepalive_s  # also how long the upgrade handler waits for a next request
 
 # gunicorn 27 opens a control socket under ~/.gunicorn by default; we have no
@@ -62,7 +67,6 @@ control_socket_disable = True
 # One line per event, JSON unless stderr is a terminal (LOG_FORMAT), Gunicorn's
 # own error and access lines included.
 loglevel = settings.log_level
-access_log_on = os.environ.get("ACCESS_LOG", "true").lower() in ("1", "true", "yes", "on")
 accesslog = "-" if access_log_on else None
 errorlog = "-"
 logconfig_dict = gunicorn_logconfig(settings.log_level, settings.log_format, access_log_on)

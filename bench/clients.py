@@ -20,8 +20,10 @@ producer): the latency samples. A *stalled* client stops reading after the
 Commands (a reply line follows each, ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``):
 
 * ``{"cmd": "connect", "port": P, "n": N, "group": "normal", "sample_every": 0,
-  "stall": false, "rcvbuf": 0, "concurrency": 200, "timeout": 120}`` -- open N
-  clients; the reply comes when each got its ``hello`` (or failed).
+  "stall": false, "rcvbuf": 0, "concurrency": 200, "timeout": 120, "sources": null}`` -- open N
+  clients; the reply comes when each got its ``hello`` (or failed). ``sources``: local
+  addresses (``127.0.0.2``...) the clients bind to in turn, for more connections than
+  one address has ephemeral ports.
 * ``{"cmd": "stats", "reset": true}`` -- counters per group since the last reset.
 * ``{"cmd": "close", "group": null}`` -- drop clients (a group, or all).
 * ``{"cmd": "quit"}``.
@@ -50,6 +52,7 @@ KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # any base64 of 16 bytes will do
 LINGER0 = struct.pack("ii", 1, 0)
 
 OP_TEXT, OP_CLOSE, OP_PING = 0x1, 0x8, 0x9
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux: the port is chosen at connect()
 
 
 class Group:
@@ -272,7 +275,7 @@ class Pool:
 
     async def connect(self, port: int, n: int, group: str = "normal", sample_every: int = 0, stall: bool = False,
                       rcvbuf: int = 0, concurrency: int = 200, timeout: float = 120.0,
-                      host: str = "127.0.0.1") -> dict[str, Any]:
+                      host: str = "127.0.0.1", sources: list[str] | None = None) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         grp = self.groups.setdefault(group, Group(group))
         gate = asyncio.Semaphore(concurrency)
@@ -287,6 +290,9 @@ class Pool:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
                     if rcvbuf:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                    if sources:  # past the ~28k ephemeral ports of one source address
+                        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                        sock.bind((sources[(base + i) % len(sources)], 0))
                     sock.setblocking(False)
                     hello = loop.create_future()
                     conn = Conn(grp, bool(sample_every) and (base + i) % sample_every == 0, stall, hello)

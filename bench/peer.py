@@ -13,7 +13,7 @@ loop with ``loop.call_soon_threadsafe`` and out with ``websockets.broadcast()``.
 At most ``--inflight`` batches wait for the loop: the reader slows down rather
 than queueing without bound when the loop is saturated (as the service's reader does).
 Its fetch settings are kafka-python's defaults: the service's tuned tail fetches
-(``logger.kafka_source``) are part of what is measured.
+(``logger.reader``, ``logger.tail_reader``) are part of what is measured.
 
 Clients get ``{"type":"hello",...}`` first and may send ``{"type":"ping"}``; the
 server pings every 25 s (as the service does). ``GET /health`` answers JSON with

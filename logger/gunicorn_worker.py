@@ -110,7 +110,8 @@ class UpgradeHandler(WebSocketHandler):
 
     @property
     def service(self) -> LogService | None:
-        return _service_of(self.application)
+        # The server's: pywsgi sets self.application only after reading a request's head.
+        return _service_of(self.server.application)
 
     @property
     def settings(self) -> Settings:
@@ -318,7 +319,7 @@ def _service_of(app: Any) -> LogService | None:
 
 def post_worker_init(worker: Any) -> None:
     """After monkey-patching: start this worker's pipeline."""
-    service = _service_of(worker.wsgi)
+    service = _service_of(getattr(worker, "wsgi", None))
     if service is None:
         worker.log.warning("the WSGI app was not made by logger.app.create_app: pipeline not started")
         return
@@ -332,7 +333,7 @@ def post_worker_init(worker: Any) -> None:
 
 def drain(worker: Any) -> None:
     """Flush and close the pipeline inside graceful_timeout (leaving time to exit)."""
-    service = _service_of(worker.wsgi)
+    service = _service_of(getattr(worker, "wsgi", None))  # none if the app failed to load
     if service is not None:
         service.stop(timeout=max(worker.cfg.graceful_timeout - 3, 1))
 

@@ -18,7 +18,7 @@ from kafka import errors as kafka_errors
 
 from logger.config import Settings
 from logger.errors import PublishError
-from logger.kafka_source import connection_config, describe_kafka_error
+from logger.kafka_client import connection_config, describe_kafka_error
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ def gunicorn_logconfig(level: str = "info", log_format: str = "auto", access_log
             "gunicorn.access": {"level": "INFO" if access_log else "CRITICAL", "handlers": ["stderr"],
                                 "propagate": False},
             # kafka-python logs every reconnect attempt; our readers report the same
-            # condition once, clearly, in /health and the log (kafka_source keeps the
+            # condition once, clearly, in /health and the log (each reader's KafkaClientLog keeps the
             # last of kafka-python's lines to build that message).
             "kafka": {"level": "WARNING", "handlers": [], "propagate": False},
         },

@@ -53,6 +53,23 @@ READER_UP = Gauge("logger_reader_up", "1 when the reader is connected and readin
                   multiprocess_mode="liveall")
 
 
+def reader_counters(path: str) -> dict[str, Counter]:
+    """The Prometheus counters behind a reader's /health counters (see ``ComponentStatus.count``)."""
+    counters = {"records_in": RECORDS_CONSUMED.labels(path), "records_malformed": RECORDS_MALFORMED.labels(path),
+                "undecodable_batches": UNDECODABLE_BATCHES.labels(path),
+                "undecodable_offsets": UNDECODABLE_OFFSETS.labels(path)}
+    if path == "tail":
+        counters["records_shed"] = RECORDS_SHED
+    else:
+        counters.update(export_retries=EXPORT_RETRIES, records_rejected=RECORDS_REJECTED,
+                        records_dead_lettered=RECORDS_DEAD_LETTERED)
+    return counters
+
+
+# The OTLP sink's /health counters that Prometheus counts too.
+COLLECTOR_COUNTERS = {"records_exported": RECORDS_EXPORTED}
+
+
 def observe_delay(record_time_ns: int) -> None:
     if record_time_ns:
         DELAY_SECONDS.observe(max(time.time() - record_time_ns / 1e9, 0.0))

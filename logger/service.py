@@ -25,7 +25,10 @@ from logger import metrics
 from logger.config import Settings
 from logger.hub import Hub
 from logger.kafka_sink import KafkaPublisher
-from logger.kafka_source import ForwardReader, TailReader, connection_health
+from logger.forward_reader import ForwardReader
+from logger.kafka_client import KafkaClientLog
+from logger.reader import Reader
+from logger.tail_reader import TailReader
 from logger.otlp import OtlpSink
 from logger.records import LogRecord
 from logger.status import DEGRADED, DISABLED, IDLE, OK, STARTING, ComponentStatus
@@ -44,13 +47,17 @@ class LogService:
         self.settings = settings
         self.hub = Hub(settings)
         self.started_at = time.time()
-        self.tail = ComponentStatus("kafka tail reader", STARTING if settings.tail_enabled else DISABLED)
-        self.forward = ComponentStatus("kafka forward reader", STARTING if settings.forward_enabled else DISABLED)
+        self.tail = ComponentStatus("kafka tail reader", STARTING if settings.tail_enabled else DISABLED,
+                                    exported=metrics.reader_counters("tail"))
+        self.forward = ComponentStatus("kafka forward reader", STARTING if settings.forward_enabled else DISABLED,
+                                       exported=metrics.reader_counters("forward"))
         # The collector is "idle" until the first export says otherwise.
-        self.collector = ComponentStatus("OTLP collector", IDLE if settings.forward_enabled else DISABLED)
+        self.collector = ComponentStatus("OTLP collector", IDLE if settings.forward_enabled else DISABLED,
+                                         exported=metrics.COLLECTOR_COUNTERS)
         self._stop = Event()
         self._abandon = Event()
         self._readers: list[gevent.Greenlet] = []
+        self._client_logs: list[KafkaClientLog] = []  # each reader's view of its Kafka connections
         self._keepalive: gevent.Greenlet | None = None
         self._sink: OtlpSink | None = None
         self._publisher: KafkaPublisher | None = None
@@ -66,7 +73,7 @@ class LogService:
         if settings.tail_enabled:
             reader = TailReader(settings, self.tail, self.hub.publish, self.hub.ring.mark_start,
                                 self.hub.announce_gap, lambda: self.hub.listening_since)
-            self._readers.append(gevent.spawn(reader.run, self._stop))
+            self._run(reader)
         if settings.forward_enabled:
             self._sink = OtlpSink(settings.otlp_endpoint, self.collector, settings.otlp_grpc_error)
             if settings.otlp_names_grpc_port:
@@ -79,11 +86,20 @@ class LogService:
                 self.collector.set(DEGRADED, settings.otlp_grpc_error)
             reader = ForwardReader(settings, self.forward, self._sink.export, self._abandon,
                                    self._dead_letter if settings.dead_letter_topic else None)
-            self._readers.append(gevent.spawn(reader.run, self._stop))
+            self._run(reader)
         self._keepalive = gevent.spawn(self.hub.keepalive, self._stop)
         log.info("pipeline started: topic %r, brokers %s, tail %s, forward %s to %s", settings.kafka_topic,
                  ",".join(settings.kafka_brokers), "on" if settings.tail_enabled else "off",
                  "on" if settings.forward_enabled else "off", settings.otlp_endpoint)
+
+    def _run(self, reader: Reader) -> None:
+        self._client_logs.append(reader.client_log)
+        self._readers.append(gevent.spawn(reader.run, self._stop))
+
+    def _connection_health(self) -> dict[str, Any]:
+        """Kafka connection outages any reader saw: a current one first, else the last that ended."""
+        seen = [client_log.outage() for client_log in self._client_logs]
+        return next((s for s in seen if "outage" in s), None) or next((s for s in seen if s), {})
 
     def publish(self, values: Iterable[Any]) -> int:
         """Put records on the Kafka topic (objects become JSON), waiting for the broker's acks.
@@ -154,7 +170,7 @@ class LogService:
     def health(self) -> dict[str, Any]:
         """The body of ``GET /health``."""
         parts = (self.tail, self.forward, self.collector)
-        connection = connection_health()
+        connection = self._connection_health()
         healthy = (all(part.state in (OK, DISABLED, IDLE) for part in parts) and "outage" not in connection
                    and "shedding" not in self.tail.details)
         by_worker = metrics.clients_per_worker()

@@ -1,7 +1,10 @@
-"""What each stage reports about itself, for ``/health`` and the log.
+"""What each stage reports about itself, for ``/health``, Prometheus and the log.
 
-Each reader and the OTLP sink own one :class:`ComponentStatus`; counters are
-plain integers because every writer is a greenlet in one thread.
+Each reader and the OTLP sink own one :class:`ComponentStatus`. It is the one
+record of what happened to its stage: :meth:`ComponentStatus.count` adds to the
+counter ``/health`` shows and, in the same call, to the Prometheus counter the
+stage was given for that name (``exported``), so the two views cannot drift.
+Counters are plain integers because every writer is a greenlet in one thread.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class ComponentStatus:
     error: str | None = None
     since: float = field(default_factory=time.time)
     counters: Counter[str] = field(default_factory=Counter)
+    # Prometheus counters (labelled children) that count the same events: name → counter.
+    exported: dict[str, Any] = field(default_factory=dict, repr=False)
     details: dict[str, Any] = field(default_factory=dict)  # latest facts worth showing, e.g. a skipped batch
 
     def set(self, state: str, error: str | None = None) -> None:
@@ -42,7 +47,11 @@ class ComponentStatus:
         self.state, self.error = state, error
 
     def count(self, name: str, amount: int = 1) -> None:
+        """One event (or ``amount``): in /health, and in Prometheus if the name is exported."""
         self.counters[name] += amount
+        metric = self.exported.get(name)
+        if metric is not None:
+            metric.inc(amount)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"state": self.state, "since": iso_time(self.since), **self.counters, **self.details}

@@ -8,19 +8,41 @@ run id, so tests never see each other's records.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
+import requests
 import websocket
+from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.collector import OtlpReceiver, RotelCollector
 from devstack.kafka import KafkaBroker
 from devstack.service import ServiceProcess
+
+IN_CI = os.environ.get("CI", "").lower() == "true"  # .ci/run installs every tool the tests need
+
+
+def tool_missing(reason: str) -> NoReturn:
+    """A tool the test needs is not installed: skip here, but fail under ``CI=true``, where
+    ``.ci/run`` installs it, so a broken install step cannot pass as a green run."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: required, not skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.requires(available, reason=...)``: :func:`tool_missing` unless available."""
+    for mark in item.iter_markers("requires"):
+        if not mark.args[0]:
+            tool_missing(mark.kwargs["reason"])
+
 
 _ENV_PREFIXES = ("KAFKA_", "OTLP_", "OTEL_", "FRONTEND_", "TAIL_", "FORWARD_", "WS_", "PORT", "LOG_LEVEL")
 
@@ -28,7 +50,6 @@ _ENV_PREFIXES = ("KAFKA_", "OTLP_", "OTEL_", "FRONTEND_", "TAIL_", "FORWARD_", "
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's shell settings must not leak into tests (Flask's conftest does the same)."""
-    import os
     for name in list(os.environ):
         if name.startswith(_ENV_PREFIXES):
             monkeypatch.delenv(name)
@@ -36,6 +57,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[KafkaBroker]:
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        tool_missing("java not found: the tests run a real Kafka broker (CI installs openjdk-17-jre-headless)")
     with KafkaBroker() as broker:
         broker.start()
         yield broker
@@ -169,3 +192,17 @@ def produce(kafka: KafkaBroker, topic: str, values: list[bytes | None], partitio
             future.get(timeout=30)
     finally:
         producer.close()
+
+
+def scrape(proc: ServiceProcess) -> dict[tuple[str, tuple], float]:
+    """``/metrics`` as {(sample name, sorted labels): value}."""
+    text = requests.get(proc.url + "/metrics", timeout=5).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric(samples: dict[tuple[str, tuple], float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)

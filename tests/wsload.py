@@ -27,6 +27,7 @@ class RawClient:
     messages: list[dict[str, Any]] = field(default_factory=list)
     close_code: int | None = None
     eof: bool = False
+    pings_answered: int = 0
     reader: FrameReader = field(default_factory=FrameReader)
 
     @property
@@ -82,6 +83,7 @@ def parse_frames(client: RawClient, answer_pings: bool = True) -> None:
             client.sock.setblocking(True)
             client.sock.sendall(masked_frame(bytes(frame.data), 0xA))
             client.sock.setblocking(False)
+            client.pings_answered += 1
 
 
 class ClientPool:

@@ -1,6 +1,6 @@
 """The live viewer (``GET /viewer``) in a real browser, against the real service.
 
-Debian's Chromium (``/usr/bin/chromium``), headless, driven by Playwright for
+Debian's Chromium (``chromium`` on the PATH, or ``$CHROMIUM``), headless, driven by Playwright for
 Python; the service is the real one under Gunicorn on the session's real Kafka
 and collector (fixtures in ``tests/conftest.py``). Every test also checks what
 a person would not see: the page logs no console error, requests nothing from
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -22,7 +23,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,15 +35,20 @@ from devstack.service import ROOT, ServiceProcess
 from devstack.waiting import wait_until
 from tests.conftest import produce
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
-expect = sync_api.expect
+try:
+    from playwright import sync_api
+    expect = sync_api.expect
+except ImportError:  # reported by the requires mark below
+    sync_api = expect = None
 
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+# The same lookup as .ci/run's `command -v chromium` (Debian's package puts it at /usr/bin/chromium).
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 pytestmark = [
-    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
-                       reason=f"{CHROMIUM} not found: these tests drive Debian's Chromium (apt-get install chromium)"),
+    pytest.mark.requires(sync_api is not None, reason="playwright is not installed (requirements-dev.txt)"),
+    pytest.mark.requires(os.access(CHROMIUM, os.X_OK),
+                         reason=f"{CHROMIUM} not found: these tests drive Debian's Chromium (apt-get install chromium)"),
     pytest.mark.timeout(120),
 ]
 

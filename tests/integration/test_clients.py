@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import produce
+from tests.conftest import metric, produce, scrape
 from tests.ws_frames import Close, FrameReader, Opcode
 from tests.wsload import ClientPool, RawClient, handshake, masked_frame, parse_frames
 
@@ -46,7 +46,7 @@ def close_code_in(data: bytes) -> int | None:
     return Close.parse(bytes(frames[-1].data)).code
 
 
-def test_a_stalled_client_is_dropped_and_closed_while_others_get_everything(kafka, topic, service):
+def test_a_stalled_client_loses_batches_and_is_closed_as_slow_while_others_get_everything(kafka, topic, service):
     name = topic(1)
     proc = service(name, WS_CLIENT_BUFFER_BYTES="65536", WS_STALL_TIMEOUT_S="2", TAIL_BATCH_SIZE="20")
     healthy = ClientPool("127.0.0.1", proc.port, 2)
@@ -58,12 +58,16 @@ def test_a_stalled_client_is_dropped_and_closed_while_others_get_everything(kafk
         for client in healthy.clients:
             assert [r["attributes"]["seq"] for r in client.records] == list(range(4000))
         proc.wait_until(lambda: proc.health()["clients"] == 2, 20, "the stalled client to be closed")
+        samples = scrape(proc)
+        assert metric(samples, "logger_ws_dropped_batches_total") > 0, "it lost batches before it was given up"
+        assert metric(samples, "logger_ws_closed_total", reason="slow") == 1, "closed as too slow (1008)"
+        assert metric(samples, "logger_ws_closed_total", reason="unresponsive") == 0
     finally:
         healthy.close()
         stalled.close()
 
 
-def test_a_client_that_pauses_is_told_how_many_batches_it_lost(kafka, topic, service):
+def test_a_client_that_stops_reading_is_told_how_many_batches_it_lost(kafka, topic, service):
     name = topic(1)
     proc = service(name, WS_CLIENT_BUFFER_BYTES="65536", WS_STALL_TIMEOUT_S="60", TAIL_BATCH_SIZE="20")
     reference = ClientPool("127.0.0.1", proc.port, 1)
@@ -113,6 +117,7 @@ def test_beyond_the_client_limit_the_upgrade_is_answered_503(kafka, topic, servi
 @pytest.mark.parametrize("frame, code", [
     (masked_frame(b"x" * 70_000), 1009),          # larger than WS_MAX_MESSAGE_BYTES (64 KiB)
     (masked_frame(b"\x00\x01", opcode=0x2), 1003),  # binary
+    (masked_frame(b"\xc3\x28 not UTF-8"), 1007),    # a text message that is not UTF-8
     (b"GARBAGE BYTES\r\n\r\n", 1002),              # not WebSocket framing at all
 ])
 def test_misbehaving_clients_are_closed_and_nobody_else_notices(kafka, topic, service, ws_client, frame, code):
@@ -136,7 +141,9 @@ def test_a_client_that_never_answers_pings_is_closed(kafka, topic, service):
     try:
         silent.wait(lambda: silent.clients[0].close_code is not None or silent.clients[0].eof, 10, "the close")
         assert silent.clients[0].close_code == 1011
-        time.sleep(1.5)  # three more ping intervals: the answering client is still there
+        # Three more ping intervals, each ping answered: the answering client is still there.
+        answered = answering.clients[0].pings_answered
+        answering.wait(lambda: answering.clients[0].pings_answered >= answered + 3, 10, "three more pings")
         assert answering.clients[0].close_code is None and not answering.clients[0].eof
     finally:
         silent.close()

@@ -8,22 +8,10 @@ import signal
 import time
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import produce
-
-
-def scrape(proc) -> dict[tuple[str, tuple], float]:
-    text = requests.get(proc.url + "/metrics", timeout=5).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+from devstack.waiting import wait_until
+from tests.conftest import metric as value
+from tests.conftest import produce, scrape
 
 
 def test_metrics_add_up_over_workers_and_move_by_the_right_amounts(kafka, topic, service, ws_client, receiver,
@@ -39,11 +27,13 @@ def test_metrics_add_up_over_workers_and_move_by_the_right_amounts(kafka, topic,
         client.wait_records(n)
     receiver.wait_for_matching(lambda r: r["attributes"].get("run") == run_id, n)
 
-    def moved():
+    def moved():  # exported, and tailed by both workers (the clients may all sit on one of them)
         after = scrape(proc)
-        return after if value(after, "logger_records_exported_total") - \
-            value(before, "logger_records_exported_total") >= n else None
-    after = proc.wait_until(moved, 15, "the export counter to move")
+        exported = value(after, "logger_records_exported_total") - value(before, "logger_records_exported_total")
+        tailed = value(after, "logger_records_consumed_total", path="tail") - \
+            value(before, "logger_records_consumed_total", path="tail")
+        return after if exported >= n and tailed >= 2 * n else None
+    after = proc.wait_until(moved, 15, "the export and tail counters to move")
     delta = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
     assert value(delta, "logger_records_consumed_total", path="tail") == 2 * n, "every worker tails everything"
     assert value(delta, "logger_records_consumed_total", path="forward") == n, "the group splits the forward path"
@@ -76,13 +66,19 @@ def test_readiness_flips_during_start_and_drain(kafka, topic, service):
     assert requests.get(proc.url + "/", timeout=2).status_code == 200
 
     connection = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=5)  # kept alive across the signal
-    connection.request("GET", "/ready")
-    assert connection.getresponse().read() and True
+
+    def ready() -> tuple[int, dict]:
+        connection.request("GET", "/ready")
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    assert ready()[0] == 200
     proc.signal(signal.SIGTERM)
-    time.sleep(0.3)
-    connection.request("GET", "/ready")
-    response = connection.getresponse()
-    assert response.status == 503 and json.loads(response.read())["waiting"]["service"] == "draining"
+    def draining() -> tuple[int, dict] | None:
+        answer = ready()
+        return answer if answer[0] != 200 else None
+    # The worker answers on the open connection until it has drained; wait for the flip.
+    status, body = wait_until(draining, 10, "/ready to answer 503")
+    assert status == 503 and body["waiting"]["service"] == "draining"
     connection.close()
     assert proc.wait(20) == 0
 

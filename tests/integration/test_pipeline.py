@@ -8,6 +8,7 @@ from collections import defaultdict
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from devstack.waiting import wait_until
 from tests.conftest import produce
 
 LEVELS = ["debug", "info", "WARNING", "err", "fatal"]
@@ -31,8 +32,7 @@ def test_records_reach_every_client_in_order_and_the_collector(kafka, topic, ser
     proc = service(name)
     clients = [ws_client(proc.ws_url) for _ in range(2)]
     for client in clients:
-        client_hello = client.messages[0] if client.messages else None
-        assert client_hello is None or client_hello["type"] == "hello"
+        assert _hello(client)["type"] == "hello"
 
     produce(kafka, name, log_values(run_id, 60))
 
@@ -140,13 +140,8 @@ def test_malformed_values_are_delivered_as_text_and_counted(kafka, topic, servic
 
 
 def _hello(client, timeout: float = 5.0) -> dict:
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.messages:
-            return client.messages[0]
-        time.sleep(0.02)
-    raise TimeoutError("no hello")
+    """The client's first message, once it came."""
+    return wait_until(lambda: client.messages and client.messages[0], timeout, "the hello message")
 
 
 def _committed(kafka, group: str, topic_name: str, partitions: int) -> dict[int, int | None]:
@@ -167,3 +162,24 @@ def test_the_tail_picks_up_partitions_added_later(kafka, topic, service, ws_clie
     produce(kafka, name, log_values(run_id, 9), partition_of=lambda i: i % 3)
     records = client.wait_records(9, where=of_run(run_id))
     assert {r["partition"] for r in records} == {0, 1, 2}
+
+
+def test_a_new_group_with_latest_forwards_only_what_comes_after_it_joined(kafka, topic, service, receiver, run_id):
+    name = topic(1)
+    produce(kafka, name, log_values(run_id, 10))  # the backlog, before the group exists
+    service(name, KAFKA_AUTO_OFFSET_RESET="latest")
+    mine = of_run(run_id)
+    # The position is resolved at the reader's first fetch after it joined: records produced in
+    # that instant may be skipped too, so produce new ones until some arrive (a bounded loop).
+    for attempt in range(5):
+        produce(kafka, name, log_values(run_id, 5, start=100 + 5 * attempt))
+        try:
+            receiver.wait_for_matching(lambda r: mine(r) and r["attributes"]["seq"] >= 100, 1, timeout=10)
+            break
+        except TimeoutError:
+            continue
+    else:
+        pytest.fail("nothing produced after the group joined was forwarded")
+    # One partition, read in order: a backlog being forwarded would have arrived first.
+    exported = [r["attributes"]["seq"] for r in receiver.wait_for_matching(mine, 1, timeout=1)]
+    assert min(exported) >= 100, f"the backlog was forwarded: {sorted(exported)}"

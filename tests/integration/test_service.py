@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import requests
 import websocket
 
+from devstack.ports import free_port
 from devstack.service import ROOT
 from tests.conftest import produce
 
@@ -79,19 +81,46 @@ def test_other_routes_are_not_upgraded(kafka, topic, service):
     assert caught.value.status_code == 400
 
 
-@pytest.mark.parametrize("env, variable", [
-    ({"PORT": "abc"}, "PORT"),
-    ({"KAFKA_API_KEY": "key-only"}, "KAFKA_API_SECRET"),
-    ({"OTLP_ENDPOINT": "not a url"}, "OTLP_ENDPOINT"),
+@pytest.mark.parametrize("env, line", [
+    ({"PORT": "abc"}, "PORT='abc' is invalid: expected an integer from 1 to 65535"),
+    ({"KAFKA_API_KEY": "key-only"}, "KAFKA_API_SECRET is not set"),
+    ({"OTLP_ENDPOINT": "not a url"}, "OTLP_ENDPOINT='not a url' is invalid"),
+    # Gunicorn's own settings (gunicorn.conf.py), once a traceback or silently accepted.
+    ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY='0' is invalid: expected an integer from 1 to 256"),
+    ({"WEB_CONCURRENCY": "1000"}, "WEB_CONCURRENCY='1000' is invalid"),
+    ({"GRACEFUL_TIMEOUT": "20s"}, "GRACEFUL_TIMEOUT='20s' is invalid: expected an integer from 1 to 3600"),
+    ({"GRACEFUL_TIMEOUT": "-1"}, "GRACEFUL_TIMEOUT='-1' is invalid"),
+    ({"ACCESS_LOG": "maybe"}, "ACCESS_LOG='maybe' is invalid: expected true or false"),
 ])
-def test_a_bad_setting_stops_start_up_with_one_line(env, variable):
-    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                            cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True,
-                            timeout=30)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("logger-service: configuration error: ") and variable in lines[0]
+def test_a_bad_setting_stops_start_up_with_one_line(env, line):
+    returncode, stderr = start_gunicorn_expecting_failure(env)
+    assert returncode == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"logger-service: configuration error: {line}"), stderr
+
+
+def test_a_web_concurrency_that_is_not_a_number_is_refused_by_gunicorn_itself():
+    """Gunicorn reads WEB_CONCURRENCY when it is imported, before gunicorn.conf.py runs: a
+    non-number stops it there, with its own traceback (the README says so)."""
+    returncode, stderr = start_gunicorn_expecting_failure({"WEB_CONCURRENCY": "two"})
+    assert returncode != 0
+    assert 'int(os.environ.get("WEB_CONCURRENCY"' in stderr and "'two'" in stderr.splitlines()[-1], stderr
+
+
+def start_gunicorn_expecting_failure(env: dict[str, str]) -> tuple[int, str]:
+    """Run the real command with ``env``; its exit code and stderr. Loopback and a free port:
+    a value that is wrongly accepted starts a server, which is killed and fails the test."""
+    environ = {"PATH": "/usr/bin:/bin", "HOST": "127.0.0.1", "PORT": str(free_port()), **env}
+    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                                cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    try:
+        _, stderr = gunicorn.communicate(timeout=20)  # a configuration error comes within a second or two
+    except subprocess.TimeoutExpired:
+        os.killpg(gunicorn.pid, signal.SIGKILL)
+        gunicorn.communicate()
+        pytest.fail(f"the service started with {env}")
+    return gunicorn.returncode, stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

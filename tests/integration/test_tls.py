@@ -92,20 +92,20 @@ def wrong_ca_service(tls_kafka: KafkaBroker, collector, tmp_path_factory) -> Ite
         yield proc
 
 
-def reported_tls_error(proc: ServiceProcess) -> dict | None:
-    health = proc.health()
-    error = (health or {}).get("kafka", {}).get("tail", {}).get("error", "")
-    return health if "KAFKA_SSL_CA_FILE" in error else None
+def reported_tls_error(proc: ServiceProcess, paths: tuple[str, ...] = ("tail",)) -> dict | None:
+    """/health once each reader in ``paths`` reports the TLS error."""
+    health = proc.health() or {}
+    errors = [health.get("kafka", {}).get(path, {}).get("error", "") for path in paths]
+    return health if all("KAFKA_SSL_CA_FILE" in error for error in errors) else None
 
 
 def test_a_ca_that_did_not_sign_the_broker_certificate_is_reported_clearly(kafka, wrong_ca_service):
     proc = wrong_ca_service
-    health = proc.wait_until(lambda: reported_tls_error(proc), 40, "a TLS error in /health")
+    health = proc.wait_until(lambda: reported_tls_error(proc, ("tail", "forward")), 40,
+                             "a TLS error from both readers in /health")
     assert health["status"] == "degraded"
     for path in ("tail", "forward"):
-        error = health["kafka"][path].get("error", "")
-        if path == "forward" and not error:  # the forward reader may report a moment later
-            continue
+        error = health["kafka"][path]["error"]
         assert health["kafka"][path]["state"] == "degraded"
         assert "TLS" in error and "certificate" in error.lower(), error
         assert "KAFKA_SSL_CA_FILE" in error and kafka.sasl_ssl_bootstrap in error, error

@@ -7,7 +7,7 @@ import pytest
 from logger.backoff import Backoff
 from logger.batcher import Batcher
 from logger.config import Settings
-from logger.kafka_source import tail_fetch_config
+from logger.tail_reader import tail_fetch_config
 from logger.records import decode
 
 
@@ -81,3 +81,40 @@ def test_backoff_doubles_to_a_cap_and_honours_retry_after():
     assert backoff.next(at_least=20.0) == 20.0
     backoff.reset()
     assert backoff.next() <= 1.0
+
+
+def test_the_byte_bound_is_reached_exactly_and_resets_with_each_batch():
+    batcher = Batcher(100, 60.0, max_bytes=30, clock=Clock())
+    first = records(2, size=10)
+    batcher.add(first)
+    assert not batcher.ready(), "20 of 30 bytes"
+    batcher.add(records(1, size=9))
+    assert not batcher.ready(), "29 of 30 bytes"
+    batcher.add(records(1, size=1))
+    assert batcher.ready(), "30 of 30 bytes"
+    taken = batcher.take()
+    assert taken[:2] == first and len(taken) == 4 and len(batcher) == 0
+    batcher.add(records(1, size=29))
+    assert not batcher.ready(), "the count starts again from zero"
+
+
+def test_an_empty_batcher_is_never_ready_and_waits_a_whole_window():
+    clock = Clock()
+    batcher = Batcher(1, 0.5, clock=clock)
+    clock.now += 1000
+    assert not batcher.ready() and batcher.time_left() == 0.5 and batcher.room == 1
+
+
+def test_backoff_defaults_and_the_retry_after_ceiling():
+    backoff = Backoff(rng=FixedRandom())
+    assert (backoff.initial_s, backoff.max_s) == (0.5, 30.0)
+    assert backoff.next() == 0.5, "no Retry-After: the backoff alone"
+    assert Backoff(0.5, 1.0, rng=FixedRandom()).next(at_least=100) == 10.0, "Retry-After is capped at 10x the cap"
+    assert Backoff(0.5, 1.0, rng=FixedRandom()).next(at_least=9.5) == 9.5
+
+
+class FixedRandom:
+    """uniform(a, b) → b: the top of the jitter range."""
+
+    def uniform(self, low: float, high: float) -> float:
+        return high

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from logger.otlp import OtlpSink
 from logger.records import TRUNCATION_MARK, decode
@@ -18,13 +20,51 @@ json_values = st.recursive(
 SINK = OtlpSink("http://127.0.0.1:9/v1/logs", ComponentStatus("collector"))
 
 
+TEXT_REASONS = {"not_json", "invalid_utf8", "empty", "not_object"}
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.one_of(st.none(), st.binary(max_size=300)), st.integers(min_value=0, max_value=64))
 def test_any_bytes_become_a_record_that_encodes(value, max_bytes):
-    record = decode(value, topic="t", partition=0, offset=1, kafka_timestamp_ms=1, max_bytes=max_bytes)
-    assert isinstance(record.message, str)
-    json.dumps(record.to_client())  # the client form always serialises
-    SINK.encode([record]).SerializeToString()  # and so does the OTLP form
+    record = decode(value, topic="t", partition=3, offset=41, kafka_timestamp_ms=7, max_bytes=max_bytes)
+    assert (record.topic, record.partition, record.offset) == ("t", 3, 41)
+    assert record.size == (0 if value is None else len(value))
+    if value is None:
+        assert (record.malformed, record.message) == ("tombstone", "")
+    elif max_bytes and len(value) > max_bytes:
+        assert record.malformed == "truncated"
+        assert record.message == value[:max_bytes].decode("utf-8", "ignore") + TRUNCATION_MARK
+    elif value[:1] == b"\x00" and len(value) > 5:  # Confluent Schema Registry framing
+        assert record.attributes["kafka.schema_id"] == int.from_bytes(value[1:5], "big")
+        if record.malformed is None:
+            assert isinstance(json.loads(value[5:]), dict)
+        else:
+            assert record.malformed == "schema_registry_binary"
+            assert base64.b64decode(record.message) == value[5:], "the payload, in base64"
+    elif record.malformed is None:  # a JSON object: its own fields decide
+        assert isinstance(json.loads(value), dict)
+    else:
+        assert record.malformed in TEXT_REASONS
+        assert record.message == value.decode("utf-8", "replace"), "the raw text is the message"
+        assert (record.malformed == "invalid_utf8") == (not _is_utf8(value))
+    if record.malformed:
+        assert (record.level, record.severity_number, record.service) == ("unknown", 0, "unknown_service")
+        assert record.time_unix_nano == 7_000_000, "the Kafka timestamp"
+        framed = {} if value is None else {"kafka.schema_id": int.from_bytes(value[1:5], "big")}
+        assert record.attributes in ({}, framed)
+    client = json.loads(json.dumps(record.to_client()))  # the client form always serialises
+    assert client["message"] == record.message and client.get("malformed") == record.malformed
+    exported = ExportLogsServiceRequest.FromString(SINK.encode([record]).SerializeToString())
+    proto = exported.resource_logs[0].scope_logs[0].log_records[0]
+    assert proto.body.string_value == record.message and proto.time_unix_nano == record.time_unix_nano
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @settings(max_examples=300, deadline=None)

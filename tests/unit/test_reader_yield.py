@@ -5,7 +5,7 @@ from __future__ import annotations
 import gevent
 import gevent.socket
 
-from logger.kafka_source import let_others_run
+from logger.reader import let_others_run
 
 
 def _round_trips(steps: int) -> list[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from logger.records import decode, format_time, parse_level, parse_time
@@ -105,3 +107,65 @@ def test_malformed_values_become_text_records(value, reason, body):
 
 def test_format_time_keeps_nanoseconds():
     assert format_time(1795779417 * 10**9 + 5) == "2026-11-27T11:36:57.000000005Z"
+
+
+S = 1_000_000_000  # ns per second
+
+
+@pytest.mark.parametrize("value, expected_ns", [
+    (0, 0), ("0", 0), (0.5, S // 2),  # the epoch itself, and half a second after it
+    (9_000_000_000, 9_000_000_000 * S),  # seconds (up to OTLP's limit in 2262)
+    (100_000_000_000, 100_000_000_000 * 1_000_000),  # from 1e11 on: milliseconds
+    (100_000_000_000_000, 100_000_000_000_000 * 1_000),  # from 1e14 on: microseconds
+    (100_000_000_000_000_000, 100_000_000_000_000_000),  # from 1e17 on: nanoseconds
+    ((1 << 63) - 1, (1 << 63) - 1),  # the last representable instant
+    ("2026-01-01T00:00:00.5z", 1_767_225_600 * S + S // 2),  # lower-case zone letter
+    ("2026-01-01T00:00:00", 1_767_225_600 * S),  # no zone: UTC, whatever the machine's zone
+    ("1970-01-01T00:00:00Z", 0),
+])
+def test_epoch_units_and_iso_forms_at_their_edges(value, expected_ns, monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # a local zone that is not UTC must change nothing
+    time.tzset()
+    try:
+        assert parse_time(value) == expected_ns
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize("value", [1 << 63, "1969-12-31T23:59:59Z", float("nan"), "-1", "2262-04-12T00:00:00Z"])
+def test_instants_outside_what_otlp_holds_are_not_timestamps(value):
+    assert parse_time(value) is None
+
+
+def test_format_time_is_utc_whatever_the_local_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert format_time(1_767_225_600 * S + 7) == "2026-01-01T00:00:00.000000007Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert format_time(-10**20) == "1970-01-01T00:00:00.000000000Z", "out of range: the epoch, not a crash"
+
+
+def test_the_client_form_has_exactly_the_documented_fields():
+    record = decode(b'{"level": "error", "service": "api", "message": "m", "k": 1}', topic="logs", partition=2,
+                    offset=41, kafka_timestamp_ms=1_000)
+    assert record.to_client() == {"time": "1970-01-01T00:00:01.000000000Z", "level": "error", "severity": 17,
+                                  "service": "api", "message": "m", "attributes": {"k": 1}, "topic": "logs",
+                                  "partition": 2, "offset": 41}
+    assert decode(b"text").to_client()["malformed"] == "not_json"
+
+
+def test_raw_values_are_kept_only_when_asked_and_the_fallback_time_is_the_epoch():
+    assert decode(b"x").raw is None and decode(b"x", keep_raw=True).raw == b"x"
+    assert decode(b"x").time_unix_nano == 0, "no Kafka timestamp: 0"
+    no_message = decode(b'{"level": "info"}')
+    assert no_message.message == "" and no_message.attributes == {}
+
+
+def test_a_service_object_gives_its_name_and_keeps_its_other_fields():
+    assert decode(b'{"service": {"name": "api"}}').attributes == {}
+    kept = decode(b'{"service": {"name": "api", "version": "2"}}')
+    assert kept.service == "api" and kept.attributes == {"service": {"version": "2"}}
