@@ -12,7 +12,7 @@ The hub admits or refuses upgrades (before the 101, see ``gunicorn_worker.py``),
 answers client messages (subscribe, pause, resume, ping), counts the batches
 slow clients lose and tells each one how many once it caught up (``dropped``;
 the hub is each connection's ``ws_transport.Owner``), pings idle clients, and
-closes everyone with 1001 on shutdown. Nothing here blocks: publish runs in
+closes everyone with 1001 on shutdown. Nothing here blocks: broadcast runs in
 the tail reader's greenlet, messages in gevent's hub, and neither yields while
 it walks the clients, so a filter change or a replay always lands between
 two batches.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from logger.filters import EVERYTHING, Filter, FilterError
 from logger.memory import release_freed_memory
 from logger.records import LogRecord
 from logger.replay import Gap, Partition, ReplayRing, parse_positions
+from logger.status import Counts
 from logger.ws_protocol import GOING_AWAY, INTERNAL_ERROR, OP_PING, encode_frame
 from logger.ws_transport import WebSocketConnection
 
@@ -98,7 +98,10 @@ class Hub:
         self._groups: dict[Filter, set[WebSocketConnection]] = {}
         self._regex_groups = 0  # groups whose filter has a regex
         self.ring = ReplayRing(settings.replay_records, settings.replay_bytes)
-        self.counters: Counter[str] = Counter()
+        # Counted once, shown in /health ("hub") and, where Prometheus has the series, there too.
+        self.counters = Counts({"records_delivered": metrics.RECORDS_DELIVERED, "batches_sent": metrics.BATCHES_SENT,
+                                "bytes_sent": metrics.BYTES_SENT,
+                                "closed_unresponsive": metrics.CLIENTS_CLOSED.labels("unresponsive")})
         self.accepting = True
         self.listening_since: float | None = None  # time.time() since when there has been a client
         self._freed_backlogs = False  # a client with a backlog left since the last malloc_trim
@@ -121,21 +124,21 @@ class Hub:
         origin = environ.get("HTTP_ORIGIN")
         if origin and origin.rstrip("/").lower() not in self.settings.cors_origins \
                 and not own_page(origin, environ, self.settings.allowed_hosts):
-            self.counters["refused_origin"] += 1
+            self.counters.add("refused_origin")
             raise Refusal("403 Forbidden", f"origin {origin!r} is not allowed")
         if not self.accepting:
             raise Refusal("503 Service Unavailable", "server is shutting down")
         if len(self._clients) >= self.settings.max_clients:
-            self.counters["refused_full"] += 1
+            self.counters.add("refused_full")
             raise Refusal("503 Service Unavailable", f"this worker already has {len(self._clients)} clients")
         try:
             subscription = Subscription.from_query_string(environ.get("QUERY_STRING", ""),
                                                           self.settings.replay_records)
         except Refusal:
-            self.counters["refused_bad_request"] += 1
+            self.counters.add("refused_bad_request")
             raise
         if not self._room_for(subscription.filter):
-            self.counters["refused_regex"] += 1
+            self.counters.add("refused_regex")
             raise Refusal("503 Service Unavailable", self._no_room)
         return subscription
 
@@ -192,7 +195,7 @@ class Hub:
             self.listening_since = time.time()
         self._clients.add(client)
         self._join(client, subscription.filter)
-        self.counters["connections"] += 1
+        self.counters.add("connections")
         metrics.CLIENTS.set(len(self._clients))
         client.start(self, initial)
 
@@ -273,13 +276,13 @@ class Hub:
 
     # -- fan-out --------------------------------------------------------------------
 
-    def publish(self, records: Sequence[LogRecord]) -> None:
+    def broadcast(self, records: Sequence[LogRecord]) -> None:
         """Send one batch to every client: one encoding per filter, one non-blocking send each."""
         if not records:
             return
         records = list(records)
         self.ring.add(records)
-        self.counters["batches"] += 1
+        self.counters.add("batches")
         metrics.observe_delay(records[0].time_unix_nano)  # the batch's oldest: its worst delay
         as_dicts: list[dict[str, Any]] | None = None
         for wanted, members in tuple(self._groups.items()):
@@ -292,18 +295,16 @@ class Hub:
             for client in tuple(members):
                 client.send(frame)
             delivered = len(records if chosen is None else chosen) * len(members)
-            self.counters["records_delivered"] += delivered
-            self.counters["bytes_sent"] += len(frame) * len(members)
-            metrics.RECORDS_DELIVERED.inc(delivered)
-            metrics.BATCHES_SENT.inc(len(members))
-            metrics.BYTES_SENT.inc(len(frame) * len(members))
+            self.counters.add("records_delivered", delivered)
+            self.counters.add("batches_sent", len(members))
+            self.counters.add("bytes_sent", len(frame) * len(members))
         self._report_drops()
 
     def announce_gap(self, gap: Gap) -> None:
         """The tail skipped records it could not read: tell every client where and why
         (whatever its filter: it cannot know what it missed), and remember it for resumes."""
         self.ring.skip(gap)
-        self.counters["gaps_announced"] += 1
+        self.counters.add("gaps_announced")
         frame = _message_frame({"type": "gap", "partitions": [gap.as_dict()]})
         for client in tuple(self._clients):
             client.send(frame, droppable=False)
@@ -328,8 +329,7 @@ class Hub:
             silent_since = now - 2 * interval
             for client in tuple(self._clients):
                 if client.last_seen < silent_since and not client.closing:
-                    self.counters["closed_unresponsive"] += 1
-                    metrics.CLIENTS_CLOSED.labels("unresponsive").inc()
+                    self.counters.add("closed_unresponsive")
                     client.close(INTERNAL_ERROR, "keepalive ping timeout")
                 elif pinging:
                     client.send(ping, droppable=False)

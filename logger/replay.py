@@ -1,7 +1,7 @@
-"""The replay ring: the last N records this worker published, for ``?tail=K`` and resume.
+"""The replay ring: the last N records this worker broadcast, for ``?tail=K`` and resume.
 
 Bounded by count and by bytes. Besides the records it keeps, per partition,
-the last offset published and the lowest offset still held, which is what
+the last offset broadcast and the lowest offset still held, which is what
 tells a resuming client whether what it missed is still here or is a gap.
 Pure logic: the hub calls it from one greenlet at a time.
 """
@@ -47,7 +47,7 @@ class ReplayRing:
         self.max_bytes = max_bytes
         self._records: deque[LogRecord] = deque()
         self._bytes = 0
-        self._last: dict[Partition, int] = {}  # last offset published, per partition
+        self._last: dict[Partition, int] = {}  # last offset broadcast, per partition
         self._floor: dict[Partition, int] = {}  # lowest offset still held (or next to come)
         self._skips: deque[Gap] = deque(maxlen=SKIPS_KEPT)  # ranges the tail skipped
 
@@ -88,7 +88,7 @@ class ReplayRing:
         self._skips.append(gap)
 
     def positions(self) -> list[str]:
-        """Where the live stream stands: ``topic:partition:offset`` of the last record published."""
+        """Where the live stream stands: ``topic:partition:offset`` of the last record broadcast."""
         return [f"{topic}:{partition}:{offset}" for (topic, partition), offset in sorted(self._last.items())]
 
     def tail(self, wanted: Filter, count: int) -> list[LogRecord]:
@@ -109,7 +109,7 @@ class ReplayRing:
         for key, offset in sorted(seen.items()):
             last = self._last.get(key)
             if last is None or last <= offset:
-                continue  # nothing newer was published on that partition
+                continue  # nothing newer was broadcast on that partition
             floor = self._floor.get(key, last + 1)
             if floor > offset + 1:
                 gaps.append(Gap(key[0], key[1], offset + 1, floor - 1))

@@ -71,7 +71,7 @@ class LogService:
         self._started = True
         settings = self.settings
         if settings.tail_enabled:
-            reader = TailReader(settings, self.tail, self.hub.publish, self.hub.ring.mark_start,
+            reader = TailReader(settings, self.tail, self.hub.broadcast, self.hub.ring.mark_start,
                                 self.hub.announce_gap, lambda: self.hub.listening_since)
             self._run(reader)
         if settings.forward_enabled:

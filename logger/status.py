@@ -21,6 +21,21 @@ log = logging.getLogger(__name__)
 STARTING, OK, IDLE, DEGRADED, STOPPED, DISABLED = "starting", "ok", "idle", "degraded", "stopped", "disabled"
 
 
+class Counts(Counter):
+    """A component's counters, each event counted once: ``/health`` reads them, and a name
+    given a Prometheus counter in ``exported`` moves that counter in the same call."""
+
+    def __init__(self, exported: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.exported = exported or {}
+
+    def add(self, name: str, amount: int = 1) -> None:
+        self[name] += amount
+        metric = self.exported.get(name)
+        if metric is not None:
+            metric.inc(amount)
+
+
 @dataclass
 class ComponentStatus:
     """State of one stage (a reader, the collector), with the last error and since when."""
@@ -29,10 +44,13 @@ class ComponentStatus:
     state: str = STARTING
     error: str | None = None
     since: float = field(default_factory=time.time)
-    counters: Counter[str] = field(default_factory=Counter)
     # Prometheus counters (labelled children) that count the same events: name → counter.
     exported: dict[str, Any] = field(default_factory=dict, repr=False)
+    counters: Counts = field(init=False)
     details: dict[str, Any] = field(default_factory=dict)  # latest facts worth showing, e.g. a skipped batch
+
+    def __post_init__(self) -> None:
+        self.counters = Counts(self.exported)
 
     def set(self, state: str, error: str | None = None) -> None:
         """Move to ``state``; log each change once, not once per retry."""
@@ -48,10 +66,7 @@ class ComponentStatus:
 
     def count(self, name: str, amount: int = 1) -> None:
         """One event (or ``amount``): in /health, and in Prometheus if the name is exported."""
-        self.counters[name] += amount
-        metric = self.exported.get(name)
-        if metric is not None:
-            metric.inc(amount)
+        self.counters.add(name, amount)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"state": self.state, "since": iso_time(self.since), **self.counters, **self.details}

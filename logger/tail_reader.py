@@ -52,13 +52,13 @@ class TailReader(Reader):
     live = True
 
     def __init__(self, settings: Settings, status: ComponentStatus,
-                 publish: Callable[[list[LogRecord]], Any],
+                 broadcast: Callable[[list[LogRecord]], Any],
                  positioned: Callable[[str, int, int], None] | None = None,
                  announce_gap: Callable[[Gap], None] | None = None,
                  listening_since: Callable[[], float | None] | None = None) -> None:
         super().__init__(settings, status, Batcher(settings.tail_batch_size, settings.tail_batch_interval_s,
                                                    settings.batch_max_bytes))
-        self.publish = publish
+        self.broadcast = broadcast  # the hub: every client of this worker
         self.positioned = positioned  # told where each partition starts, for resume gaps
         self.announce_gap = announce_gap  # told about batches skipped as undecodable
         # With replay off, nobody needs records while no client is connected: the reader
@@ -155,7 +155,7 @@ class TailReader(Reader):
     def _deliver(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> None:
         for record in batch:
             self._next_offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
-        self.publish(batch)
+        self.broadcast(batch)
         self.status.count("batches")
 
     def _skipped(self, consumer: KafkaConsumer, tp: TopicPartition, gap: Gap) -> None:

@@ -255,7 +255,7 @@ class WebSocketConnection:
     def _start_writer(self, queue: deque[Entry], size: int) -> None:
         backlog = self._backlog = _Backlog(queue, size)
         self.had_backlog = True
-        backlog.writer = gevent.spawn(self._drain, backlog)
+        backlog.writer = gevent.spawn(self._write_backlog, backlog)
 
     def _enqueue(self, frame: bytes, droppable: bool, charged: bool = True) -> Entry | None:
         """Queue behind the backlog. O(1) amortised: each batch is dropped at most once.
@@ -330,7 +330,7 @@ class WebSocketConnection:
         metrics.CLIENTS_CLOSED.labels(counted_as).inc()
         gevent.spawn_later(CLOSE_WAIT_S, self.abort)
 
-    def _drain(self, backlog: _Backlog) -> None:
+    def _write_backlog(self, backlog: _Backlog) -> None:
         """The writer greenlet of a backlogged client: write until the queue is empty.
 
         Many queued frames go out in one ``sendmsg`` on the raw non-blocking socket,

@@ -177,7 +177,7 @@ def test_hub_encodes_once_per_filter_and_switches_filters_between_batches():
         hub.attach(client)
     for client in errors_only:
         hub.attach(client, Subscription(Filter.from_query({"level": ["error"]})))
-    hub.publish([rec(0, "info"), rec(1, "error"), rec(2, "info")])
+    hub.broadcast([rec(0, "info"), rec(1, "error"), rec(2, "info")])
     assert everyone[0].frames[-1] is everyone[1].frames[-1], "one encoding shared by the group"
     assert errors_only[0].frames[-1] is errors_only[1].frames[-1]
     assert everyone[0].offsets() == [0, 1, 2] and errors_only[0].offsets() == [1]
@@ -187,7 +187,7 @@ def test_hub_encodes_once_per_filter_and_switches_filters_between_batches():
     switching.on_text(switching, '{"type":"subscribe","level":"error"}')
     assert len(switching.frames) == frames_before + 1, "the answer, and nothing else, before the next batch"
     assert switching.messages()[-1] == {"type": "subscribed", "filter": {"level": "error"}}
-    hub.publish([rec(3, "info"), rec(4, "error")])
+    hub.broadcast([rec(3, "info"), rec(4, "error")])
     assert switching.offsets() == [0, 1, 2, 4]
     assert everyone[1].offsets() == [0, 1, 2, 3, 4]
     assert switching.frames[-1] is errors_only[0].frames[-1], "it joined the errors group"
@@ -195,19 +195,19 @@ def test_hub_encodes_once_per_filter_and_switches_filters_between_batches():
 
 def test_hub_replays_the_tail_then_goes_live_without_gap_or_duplicate():
     hub = Hub(Settings())
-    hub.publish([rec(i) for i in range(10)])
+    hub.broadcast([rec(i) for i in range(10)])
     late = FakeClient()
     hub.attach(late, Subscription(tail=4))
     hello, replay = late.messages()
     assert hello["type"] == "hello" and hello["positions"] == ["logs:0:9"]
     assert replay["replay"] is True
-    hub.publish([rec(10), rec(11)])
+    hub.broadcast([rec(10), rec(11)])
     assert late.offsets() == [6, 7, 8, 9, 10, 11]
 
 
 def test_hub_resume_reports_a_gap_when_the_ring_lost_records():
     hub = Hub(Settings(replay_records=3))
-    hub.publish([rec(i) for i in range(10)])
+    hub.broadcast([rec(i) for i in range(10)])
     client = FakeClient()
     hub.attach(client, Subscription(since={("logs", 0): 4}))
     hello, gap, replay = client.messages()
@@ -343,13 +343,13 @@ def test_with_replay_off_tail_is_refused_and_a_resume_is_told_everything_missed_
     with pytest.raises(Refusal) as refused:
         hub.admit({"QUERY_STRING": "tail=1"})
     assert refused.value.status == "400 Bad Request" and "from 0 to 0" in refused.value.reason
-    hub.publish([rec(i) for i in range(5)])
+    hub.broadcast([rec(i) for i in range(5)])
     client = FakeClient()
     hub.attach(client, Subscription(since={("logs", 0): 1}))
     hello, gap = client.messages()
     assert hello["positions"] == ["logs:0:4"]
     assert gap == {"type": "gap", "partitions": [{"topic": "logs", "partition": 0, "from": 2, "to": 4, "reason": "not_in_replay"}]}
-    hub.publish([rec(5)])
+    hub.broadcast([rec(5)])
     assert client.offsets() == [5], "then live, nothing replayed"
 
 
@@ -534,12 +534,12 @@ def test_publish_counts_what_each_group_got():
     for client in everyone:
         hub.attach(client)
     hub.attach(errors, Subscription(Filter.from_query({"level": ["error"]})))
-    hub.publish([rec(0, "info"), rec(1, "error"), rec(2, "info")])
+    hub.broadcast([rec(0, "info"), rec(1, "error"), rec(2, "info")])
     assert hub.counters["records_delivered"] == 3 * 2 + 1 and hub.counters["batches"] == 1
     assert hub.counters["bytes_sent"] == 2 * len(everyone[0].frames[-1]) + len(errors.frames[-1])
-    hub.publish([rec(3, "info")])  # nothing for the errors group: no frame at all
+    hub.broadcast([rec(3, "info")])  # nothing for the errors group: no frame at all
     assert errors.offsets() == [1] and len(errors.frames) == 2  # hello + one batch
-    hub.publish([])
+    hub.broadcast([])
     assert hub.counters["batches"] == 2
 
 
@@ -567,7 +567,7 @@ def test_the_hello_message_and_which_frames_may_be_dropped():
 
     import logger
     hub = Hub(Settings(kafka_topic="orders", ping_interval_s=7, replay_records=3))
-    hub.publish([rec(i) for i in range(5)])
+    hub.broadcast([rec(i) for i in range(5)])
     client = FakeClient()
     hub.attach(client, Subscription(Filter.from_query({"level": ["info"]}), since={("logs", 0): 0}))
     hello = client.messages()[0]
@@ -577,7 +577,7 @@ def test_the_hello_message_and_which_frames_may_be_dropped():
     assert [m["type"] for m in client.messages()] == ["hello", "gap", "logs"]
     assert client.initial == b"" and client.on_close is not None
     client.on_text(client, '{"type":"ping"}')
-    hub.publish([rec(5)])
+    hub.broadcast([rec(5)])
     # The greeting, the gap and answers are never dropped; live batches may be. (The replay
     # is handed over as a whole, see FakeClient.replay, and is never dropped either.)
     assert client.droppable == [False, False, False, True]

@@ -509,7 +509,7 @@ def test_the_hub_counts_what_a_slow_client_lost_and_tells_it_once_it_caught_up()
     before = metrics.DROPPED_BATCHES._value.get()
     big = [rec(n, message="m" * 4000) for n in range(10)]
     for _ in range(40):  # ~40 KB per batch against a 64 KiB bound: most are dropped
-        hub.publish(big)
+        hub.broadcast(big)
     lost = metrics.DROPPED_BATCHES._value.get() - before
     assert lost > 0 and hub._drops_unreported == 0, "reported to Prometheus by the fan-out"
     frames = frames_until_dropped_notice(peer)
