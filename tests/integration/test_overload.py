@@ -4,6 +4,8 @@ and the forward path never sheds."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import urllib.request
 from datetime import datetime
@@ -13,7 +15,8 @@ from devstack.waiting import wait_until
 
 MAX_LAG_S = 1.0
 SLACK_S = 2.5  # fan-out, the test client's own reading and a busy CI machine
-BURST = 300_000  # several seconds of work for one worker's tail, produced in about one
+BURST = 60_000  # far more than a batch: a backlog behind the stale records
+STALL_S = 3 * MAX_LAG_S  # how long the worker is stopped while the burst is written
 
 
 def age_at_arrival(client) -> list[float]:
@@ -31,20 +34,36 @@ def test_a_tail_that_falls_behind_skips_ahead_and_never_shows_stale_records(kafk
     # The client takes one record in a hundred, so its own reading never lags: what it
     # measures is the server's staleness.
     client = ws_client(proc.ws_url + "?attr.sample=1")
+    worker = proc.health()["worker"]
     with JavaProducer(kafka.bootstrap, name, compression="lz4") as producer:
-        for seq in range(BURST):
-            producer.send(json.dumps({"timestamp": int(time.time() * 1000), "message": f"burst {seq}",
-                                      "sample": int(seq % 100 == 0), "seq": seq, "pad": "p" * 200}).encode(),
-                          partition=seq % 2)
-            if seq % 5000 == 4999:
-                producer.flush()
-        producer.flush()
+        # The worker stops (as under a CPU-starved host or a long pause) while the topic
+        # keeps going: when it runs again, what it reads is STALL_S old, with a backlog.
+        os.kill(worker, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            for seq in range(BURST):
+                producer.send(json.dumps({"timestamp": int(time.time() * 1000), "message": f"burst {seq}",
+                                          "sample": int(seq % 100 == 0), "seq": seq, "pad": "p" * 200}).encode(),
+                              partition=seq % 2)
+                if seq % 5000 == 4999:
+                    producer.flush()
+            producer.flush()
+            wait_until(lambda: time.monotonic() - stopped >= STALL_S, STALL_S + 1, "the stall to last")
+        finally:
+            os.kill(worker, signal.SIGCONT)
 
     def accounted() -> int:  # read, or skipped (records read, then dropped as stale, count as both)
         tail = proc.health()["kafka"]["tail"]
         return tail.get("records_in", 0) + tail.get("records_shed", 0)
     wait_until(lambda: accounted() >= BURST, 60, "the tail to read or skip every record",
                lambda: f"{accounted()} of {BURST}")
+    # Once caught up, the stream is live again: fresh records arrive fresh.
+    with JavaProducer(kafka.bootstrap, name) as producer:
+        for seq in range(BURST, BURST + 10):
+            producer.send(json.dumps({"timestamp": int(time.time() * 1000), "message": f"after {seq}",
+                                      "sample": 1, "seq": seq}).encode(), partition=seq % 2)
+        producer.flush()
+    client.wait_records(10, where=lambda r: r["attributes"]["seq"] >= BURST)
 
     gaps = [p for m in client.messages if m["type"] == "gap" for p in m["partitions"]]
     assert gaps and all(g["reason"] == "overload" for g in gaps), gaps
