@@ -73,19 +73,20 @@ class JavaProducer:
         self._command("send", str(partition), _b64(key), encoded, _b64(value))
 
     def flush(self, timeout: float = 30.0) -> None:
-        self._command("flush")
-        self._expect("ok", timeout)
+        """Write what was sent since the last flush: one batch per partition."""
+        self._ask("flush", timeout)
 
     def begin(self, timeout: float = 30.0) -> None:
-        self._command("begin")
-        self._expect("ok", timeout)
+        self._ask("begin", timeout)
 
     def commit(self, timeout: float = 30.0) -> None:
-        self._command("commit")
-        self._expect("ok", timeout)
+        self._ask("commit", timeout)
 
     def abort(self, timeout: float = 30.0) -> None:
-        self._command("abort")
+        self._ask("abort", timeout)
+
+    def _ask(self, command: str, timeout: float) -> None:
+        self._command(command)
         self._expect("ok", timeout)
 
     def close(self, timeout: float = 30.0) -> None:
