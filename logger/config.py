@@ -344,7 +344,7 @@ def otlp_grpc_error(variable: str, value: str | None) -> str:
     same host and form, on the OTLP/HTTP port.
     """
     written = value or DEFAULT_OTLP_ENDPOINT
-    shown = f"{variable}={_without_password(written)}" if value else f"{variable} (default {written})"
+    shown = f"{variable}={without_password(written)}" if value else f"{variable} (default {written})"
     url = urlsplit(written if "://" in written else "http://" + written)
     what = ("is the OTLP/gRPC port" if url.port == OTLP_GRPC_PORT
             else "answers like an OTLP/gRPC server (HTTP/2 only)")
@@ -361,7 +361,7 @@ def _on_http_port(written: str) -> str:
     return replaced.removeprefix("http://") if bare else replaced
 
 
-def _without_password(written: str) -> str:
+def without_password(written: str) -> str:
     """Never show a password given in the URL's user part."""
     url = urlsplit(written)
     if "://" not in written or url.password is None:

@@ -23,7 +23,7 @@ from gevent.event import Event
 
 import logger
 from logger import metrics
-from logger.config import Settings
+from logger.config import Settings, without_password
 from logger.hub import Hub
 from logger.records import LogRecord
 from logger.status import DEGRADED, DISABLED, IDLE, OK, STARTING, ComponentStatus
@@ -121,7 +121,7 @@ class LogService:
         self._keepalive = gevent.spawn(self.hub.keepalive, self._stop)
         log.info("pipeline started: topic %r, brokers %s, tail %s, forward %s to %s", settings.kafka_topic,
                  ",".join(settings.kafka_brokers), "on" if settings.tail_enabled else "off",
-                 "on" if settings.forward_enabled else "off", settings.otlp_endpoint)
+                 "on" if settings.forward_enabled else "off", without_password(settings.otlp_endpoint))
 
     def _run(self, reader: Reader) -> None:
         self._client_logs.append(reader.client_log)
@@ -216,6 +216,6 @@ class LogService:
             "clients_by_worker": {str(pid): count for pid, count in sorted(by_worker.items())},
             "kafka": {"brokers": list(self.settings.kafka_brokers), "topic": self.settings.kafka_topic,
                       "tail": self.tail.as_dict(), "forward": self.forward.as_dict(), **connection},
-            "collector": {"endpoint": self.settings.otlp_endpoint, **self.collector.as_dict()},
+            "collector": {"endpoint": without_password(self.settings.otlp_endpoint), **self.collector.as_dict()},
             "hub": dict(self.hub.counters),
         }

@@ -27,6 +27,12 @@ def test_liveness_and_health():
     assert health["kafka"]["tail"]["state"] == "starting"
 
 
+def test_health_never_shows_a_password_in_the_collector_url():
+    app = create_app(Settings.from_env({"OTLP_ENDPOINT": "https://logs:s3cret-pass@collector.example.com:4318"}))
+    shown = app.test_client().get("/health").json["collector"]["endpoint"]
+    assert "s3cret" not in shown and shown == "https://logs:<not shown>@collector.example.com:4318/v1/logs"
+
+
 def test_cors_only_for_the_configured_origins():
     client = make_app().test_client()
     ok = client.get("/health", headers={"Origin": "https://shop.example.com"})
