@@ -29,7 +29,6 @@ from logger.records import LogRecord
 from logger.status import DEGRADED, DISABLED, IDLE, OK, STARTING, ComponentStatus
 
 if TYPE_CHECKING:  # imported by start(), see its docstring
-    from logger.kafka_client import KafkaClientLog
     from logger.kafka_sink import KafkaPublisher
     from logger.otlp import OtlpSink
     from logger.reader import Reader
@@ -73,8 +72,7 @@ class LogService:
                                          exported=metrics.COLLECTOR_COUNTERS)
         self._stop = Event()
         self._abandon = Event()
-        self._readers: list[gevent.Greenlet] = []
-        self._client_logs: list[KafkaClientLog] = []  # each reader's view of its Kafka connections
+        self._readers: dict[Reader, gevent.Greenlet] = {}
         self._keepalive: gevent.Greenlet | None = None
         self._sink: OtlpSink | None = None
         self._publisher: KafkaPublisher | None = None
@@ -124,12 +122,11 @@ class LogService:
                  "on" if settings.forward_enabled else "off", without_password(settings.otlp_endpoint))
 
     def _run(self, reader: Reader) -> None:
-        self._client_logs.append(reader.client_log)
-        self._readers.append(gevent.spawn(reader.run, self._stop))
+        self._readers[reader] = gevent.spawn(reader.run, self._stop)
 
     def _connection_health(self) -> dict[str, Any]:
         """Kafka connection outages any reader saw: a current one first, else the last that ended."""
-        seen = [client_log.outage() for client_log in self._client_logs]
+        seen = [reader.client_log.outage() for reader in self._readers]
         return next((s for s in seen if "outage" in s), None) or next((s for s in seen if s), {})
 
     def publish(self, values: Iterable[Any]) -> int:
@@ -171,14 +168,15 @@ class LogService:
         self._stop.set()
         # Readers flush their last batch, export it and commit; a collector that
         # is down gets most of the budget, then is abandoned (offsets stay uncommitted).
-        gevent.joinall(self._readers, timeout=max(timeout * READERS_SHARE, MIN_WAIT_S))
-        if any(not g.dead for g in self._readers):
+        readers = list(self._readers.values())
+        gevent.joinall(readers, timeout=max(timeout * READERS_SHARE, MIN_WAIT_S))
+        if any(not g.dead for g in readers):
             self._abandon.set()
             if self._sink is not None:
                 self._sink.shutdown()
             left_for_readers = deadline - time.monotonic() - CLIENTS_CLOSE_S - KILL_WAIT_S / 2
-            gevent.joinall(self._readers, timeout=max(left_for_readers, MIN_WAIT_S))
-            gevent.killall([g for g in self._readers if not g.dead], timeout=KILL_WAIT_S)
+            gevent.joinall(readers, timeout=max(left_for_readers, MIN_WAIT_S))
+            gevent.killall([g for g in readers if not g.dead], timeout=KILL_WAIT_S)
         elif self._sink is not None:
             self._sink.shutdown()
         if self._keepalive is not None:
