@@ -170,7 +170,7 @@ def test_an_auth_refresh_moves_the_deadline_and_may_narrow_but_never_widen():
     wider = "the new token's scope is wider than this connection's"
     refused = [(hs256(sub="s", **{**SELLER, "logs.services": ["orders", "billing"]}), wider),
                (hs256(sub="s", **ADMIN), wider), (hs256(sub="s", **{"logs.services": ["orders"]}), wider),
-               (hs256(sub="other", **SELLER), "another subject"), (hs256(sub="s", ttl=-5, **SELLER), "token expired"),
+               (hs256(sub="other", **SELLER), "the new token is for another subject"), (hs256(sub="s", ttl=-5, **SELLER), "token expired"),
                ("garbage", "malformed token")]
     for token, reason in refused:
         before = seller.grant
