@@ -301,7 +301,7 @@ def test_a_hanging_jwks_never_stalls_connected_clients(kafka, keys, tmp_path, ws
                 started = time.monotonic()
                 late = ws_client(proc.ws_url, **bearer(keys["RS256"].token(**ADMIN)))
                 wait_message(late, "hello")
-                assert time.monotonic() - started < 2
+                assert time.monotonic() - started < 4  # a wait for the JWKS would take its 5 s deadline
                 proc.wait_until(lambda: "could not refresh the JWKS" in proc.log_text(), 15, "the warning")
                 assert slow.fetches >= 2
             finally:
