@@ -277,7 +277,8 @@ def test_a_hanging_jwks_never_stalls_connected_clients(kafka, keys, tmp_path, ws
     kafka.create_topic(topic, 1)
     with JwksServer(keys["RS256"]) as slow:
         proc = ServiceProcess({"KAFKA_BROKER_URL": kafka.bootstrap, "KAFKA_TOPIC": topic,
-                               "KAFKA_GROUP_ID": f"group-{topic}", **auth_env(slow, AUTH_JWKS_REFRESH_S="10")},
+                               "KAFKA_GROUP_ID": f"group-{topic}", "LOG_FORMAT": "text",
+                               **auth_env(slow, AUTH_JWKS_REFRESH_S="10")},
                               log_dir=tmp_path)
         with proc:
             proc.start(ready=readers_ok)
@@ -299,11 +300,16 @@ def test_a_hanging_jwks_never_stalls_connected_clients(kafka, keys, tmp_path, ws
                     assert connected.received_at[-1] - sent < 3
                 # A new client whose key is known connects at once, the fetch still hanging.
                 started = time.monotonic()
-                late = ws_client(proc.ws_url, **bearer(keys["RS256"].token(**ADMIN)))
+                token = keys["RS256"].token(**ADMIN)
+                late = ws_client(f"{proc.ws_url}?access_token={token}")
                 wait_message(late, "hello")
                 assert time.monotonic() - started < 4  # a wait for the JWKS would take its 5 s deadline
                 proc.wait_until(lambda: "could not refresh the JWKS" in proc.log_text(), 15, "the warning")
                 assert slow.fetches >= 2
+                # Gunicorn's text access line ("%(r)s": the request line) holds no token either.
+                proc.wait_until(lambda: '"GET /ws?access_token=<redacted> HTTP/1.1" 101' in proc.log_text(), 10,
+                                "the access line")
+                assert token.rsplit(".", 1)[1] not in proc.log_text()
             finally:
                 slow.hang.clear()
 
