@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from flask_cors import CORS
 
 import logger
 from logger import metrics
+from logger.bearer import bearer_token, is_secret, unauthorized
 from logger.config import Settings
 from logger.hub import WS_PATH
 from logger.ingest import ingest_blueprint
@@ -57,6 +58,11 @@ def create_app(settings: Settings | None = None, service: LogService | None = No
 
     @app.get("/metrics")
     def prometheus() -> Any:
+        if settings.metrics_token is not None:
+            token = bearer_token(request.headers.get("Authorization"))
+            if not is_secret(token, settings.metrics_token):
+                return unauthorized(None if token is None else "wrong metrics token",
+                                    "/metrics needs Authorization: Bearer <METRICS_TOKEN>")
         body, content_type = metrics.exposition()
         return Response(body, content_type=content_type)
 

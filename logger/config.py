@@ -86,6 +86,7 @@ class Settings:
     http_body_timeout_s: float = 30.0
     http_max_header_bytes: int = 32 << 10
     ingest_token: str | None = field(default=None, repr=False)
+    metrics_token: str | None = field(default=None, repr=False)  # bearer token for /metrics (None: open)
 
     @property
     def kafka_sasl(self) -> bool:
@@ -168,6 +169,8 @@ class Settings:
             http_max_header_bytes=env.integer("HTTP_MAX_HEADER_BYTES", 32 << 10, 1024, 1 << 20),
             ingest_token=env.parse("INGEST_TOKEN", None, _token, "at least 16 characters without spaces",
                                    secret=True),
+            metrics_token=env.parse("METRICS_TOKEN", None, _token, "at least 16 characters without spaces",
+                                    secret=True),
         )
 
 
