@@ -23,10 +23,11 @@ from flask_cors import CORS
 
 import logger
 from logger import metrics
-from logger.bearer import bearer_token, is_secret, unauthorized
+from logger.auth import AuthError
+from logger.bearer import bearer_token, is_secret, refused
 from logger.config import Settings
 from logger.hub import WS_PATH
-from logger.ingest import ingest_blueprint
+from logger.ingest import JwtWriters, ingest_blueprint
 from logger.service import LogService
 from logger.viewer import viewer_blueprint
 
@@ -61,8 +62,7 @@ def create_app(settings: Settings | None = None, service: LogService | None = No
         if settings.metrics_token is not None:
             token = bearer_token(request.headers.get("Authorization"))
             if not is_secret(token, settings.metrics_token):
-                return unauthorized(None if token is None else "wrong metrics token",
-                                    "/metrics needs Authorization: Bearer <METRICS_TOKEN>")
+                return refused(AuthError.missing() if token is None else AuthError("wrong metrics token"))
         body, content_type = metrics.exposition()
         return Response(body, content_type=content_type)
 
@@ -72,8 +72,9 @@ def create_app(settings: Settings | None = None, service: LogService | None = No
         return jsonify(error="this endpoint speaks WebSocket: send an Upgrade request"), 426, {
             "Upgrade": "websocket"}
 
-    if settings.ingest_token:
-        app.register_blueprint(ingest_blueprint(settings.ingest_token, service.publish))
+    writers = JwtWriters(VERIFIER_CLAIMS_TODO, settings.auth_write_claim) if settings.auth_enabled else None
+    if settings.ingest_token or writers:
+        app.register_blueprint(ingest_blueprint(service.publish, settings.ingest_token, writers))
     app.register_blueprint(viewer_blueprint())
     return app
 

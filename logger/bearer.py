@@ -2,11 +2,13 @@
 
 ``/ws`` is guarded below Flask (``gunicorn_worker``, ``logger.auth``); these
 routes are ordinary Flask views and share what is here: reading the token of
-an ``Authorization: Bearer …`` header (RFC 6750), comparing it with a
-configured secret (``METRICS_TOKEN``, ``INGEST_TOKEN``) in constant time, so
-the answer's timing says nothing about how much of a guess was right, and the
-401 with its ``WWW-Authenticate`` challenge in the form the ``/ws`` refusals
-use.
+an ``Authorization: Bearer …`` header (RFC 6750; these routes take no token in
+the query string, which would reach access logs of proxies we do not
+control), comparing it with a configured secret (``METRICS_TOKEN``,
+``INGEST_TOKEN``) in constant time, so the answer's timing says nothing about
+how much of a guess was right, and answering a refusal the way ``/ws`` does:
+``{"error": …}`` with the status and ``WWW-Authenticate`` of an
+:class:`~logger.auth.AuthError`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from flask import jsonify
 
-REALM = "logger-service"
+from logger.auth import AuthError
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -36,18 +38,6 @@ def is_secret(token: str | None, secret: str) -> bool:
     return token is not None and hmac.compare_digest(token.encode(), secret.encode())
 
 
-def challenge(description: str | None = None) -> str:
-    """The ``WWW-Authenticate`` value: no ``error`` when no token was sent (RFC 6750 §3.1)."""
-    if description is None:
-        return f'Bearer realm="{REALM}"'
-    return f'Bearer realm="{REALM}", error="invalid_token", error_description="{_quotable(description)}"'
-
-
-def unauthorized(description: str | None, message: str) -> tuple[Any, int, dict[str, str]]:
-    """A Flask 401: ``{"error": message}`` with the challenge (``description`` None: no token sent)."""
-    return jsonify(error=message), 401, {"WWW-Authenticate": challenge(description)}
-
-
-def _quotable(text: str) -> str:
-    """A quoted-string may not hold ``"`` or ``\\`` unescaped, nor control characters."""
-    return "".join(c for c in text if c.isprintable() and c not in '"\\')
+def refused(error: AuthError) -> tuple[Any, int, list[tuple[str, str]]]:
+    """The Flask answer to a refused request: 401 or 403 with its challenge."""
+    return jsonify(error=error.reason), error.status, error.headers()
