@@ -72,7 +72,9 @@ def create_app(settings: Settings | None = None, service: LogService | None = No
         return jsonify(error="this endpoint speaks WebSocket: send an Upgrade request"), 426, {
             "Upgrade": "websocket"}
 
-    writers = JwtWriters(VERIFIER_CLAIMS_TODO, settings.auth_write_claim) if settings.auth_enabled else None
+    # JWT writers are checked by the service's verifier, which keeps the JWKS keys fresh.
+    verifier = service.verifier
+    writers = JwtWriters(verifier.claims, settings.auth_write_claim) if verifier is not None else None
     if settings.ingest_token or writers:
         app.register_blueprint(ingest_blueprint(service.publish, settings.ingest_token, writers))
     app.register_blueprint(viewer_blueprint())

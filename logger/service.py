@@ -22,6 +22,7 @@ from gevent.event import Event
 
 import logger
 from logger import metrics
+from logger.auth import TokenVerifier
 from logger.config import Settings
 from logger.hub import Hub
 from logger.kafka_sink import KafkaPublisher
@@ -46,6 +47,7 @@ class LogService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = Hub(settings)
+        self.verifier = TokenVerifier(settings) if settings.auth_enabled else None
         self.started_at = time.time()
         self.tail = ComponentStatus("kafka tail reader", STARTING if settings.tail_enabled else DISABLED,
                                     exported=metrics.reader_counters("tail"))

@@ -1,9 +1,11 @@
-"""Bearer tokens on the plain HTTP routes (issue 14): ``/metrics`` behind ``METRICS_TOKEN``."""
+"""Bearer tokens on the plain HTTP routes (issue 14): ``/metrics`` behind ``METRICS_TOKEN``,
+``POST /api/logs`` for JWT writers."""
 
 from __future__ import annotations
 
 import hmac
 
+import orjson
 import pytest
 
 from logger import bearer
@@ -11,6 +13,11 @@ from logger.app import create_app
 from logger.auth import AuthError
 from logger.bearer import bearer_token
 from logger.config import Settings
+from logger.filters import Filter
+from logger.ingest import stamped
+from logger.records import decode
+from logger.service import LogService
+from tests.auth_keys import SECRET, hs256, tampered, unsigned
 
 METRICS_TOKEN = "unit-test-metrics-token-0123"
 
@@ -76,3 +83,117 @@ def test_other_routes_do_not_need_the_metrics_token():
 ])
 def test_bearer_token_reads_only_the_bearer_scheme(header, token):
     assert bearer_token(header) == token
+
+
+# -- POST /api/logs with a JWT writer ------------------------------------------------------------
+
+INGEST_TOKEN = "unit-test-ingest-token-0123"
+
+
+def ingest_client(monkeypatch, published: list, **env: str):
+    settings = Settings.from_env({"AUTH_JWT_SECRET": SECRET, **env})
+    service = LogService(settings)
+    monkeypatch.setattr(service, "publish", lambda records: published.append(records) or len(records))
+    return create_app(settings, service).test_client()
+
+
+def post(client, body, token: str | None):
+    return client.post("/api/logs", json=body, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+
+def test_a_jwt_writer_may_post_and_its_records_say_who_sent_them(monkeypatch):
+    published: list = []
+    client = ingest_client(monkeypatch, published, INGEST_TOKEN=INGEST_TOKEN)
+    writer = hs256(sub="orders-service", **{"logs.write": True})  # no read scope: writing needs none
+    response = post(client, [{"message": "paid", "order": 7}, "plain text",
+                             {"message": "spoof", "enduser.id": "someone-else"},
+                             {"message": "nested spoof", "enduser": {"id": "someone-else", "role": "x"}}], writer)
+    assert (response.status_code, response.json) == (202, {"accepted": 4})
+    assert published == [[{"message": "paid", "order": 7, "enduser.id": "orders-service"},
+                          {"message": "plain text", "enduser.id": "orders-service"},
+                          {"message": "spoof", "enduser.id": "orders-service"},
+                          {"message": "nested spoof", "enduser": {"role": "x"}, "enduser.id": "orders-service"}]]
+    assert stamped({"enduser": {"id": "x"}}, "w") == {"enduser.id": "w"}, "an emptied enduser object goes"
+    # The INGEST_TOKEN still works, and its records are published as sent.
+    assert post(client, {"message": "as is", "enduser.id": "kept"}, INGEST_TOKEN).status_code == 202
+    assert published[-1] == [{"message": "as is", "enduser.id": "kept"}]
+
+
+def test_the_stamp_is_what_clients_and_filters_see():
+    record = decode(orjson.dumps(stamped({"message": "m", "service": "orders"}, "writer-1")), topic="t",
+                    partition=0, offset=0)
+    assert record.attributes == {"enduser.id": "writer-1"}
+    assert Filter.from_query({"attr.enduser.id": ["writer-1"]}).matches(record)
+
+
+@pytest.mark.parametrize("claims", [
+    {"logs.write": True, "logs": {"write": False}},  # the flat claim wins, as for every claim
+    {"logs": {"write": True}},  # nested, as identity providers often write it
+])
+def test_the_write_claim_is_read_flat_or_nested(monkeypatch, claims):
+    published: list = []
+    assert post(ingest_client(monkeypatch, published), {"message": "m"}, hs256(**claims)).status_code == 202
+
+
+@pytest.mark.parametrize("claims, reason", [
+    ({"seller_id": "s-1"}, "logs.write claim is not true"),  # a reader
+    ({"logs.all": True}, "logs.write claim is not true"),  # even an admin reader
+    ({"logs.write": "true"}, "logs.write claim is not true"),  # a string is not true
+    ({"logs.write": 1}, "logs.write claim is not true"),
+    ({"logs.write": True, "sub": None}, "no sub claim"),  # whose records would they be?
+    ({"logs.write": True, "sub": ""}, "no sub claim"),
+])
+def test_a_valid_token_that_may_not_write_gets_403(monkeypatch, claims, reason):
+    published: list = []
+    response = post(ingest_client(monkeypatch, published, INGEST_TOKEN=INGEST_TOKEN), {"message": "m"},
+                    hs256(**claims))
+    assert response.status_code == 403 and reason in response.json["error"]
+    assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
+    assert published == []
+
+
+@pytest.mark.parametrize("token, reason", [
+    (hs256(secret="another-secret-of-at-least-32-characters", **{"logs.write": True}), "bad signature"),
+    (hs256(ttl=-120, **{"logs.write": True}), "token expired"),  # past the 30 s leeway
+    (unsigned(**{"logs.write": True}), "not allowed"),
+    (tampered(hs256(sub="reader", seller_id="s-1"), **{"logs.write": True}), "bad signature"),
+    ("not-the-ingest-token-nor-a-jwt", "malformed token"),
+])
+def test_a_bad_token_gets_401(monkeypatch, token, reason):
+    published: list = []
+    response = post(ingest_client(monkeypatch, published, INGEST_TOKEN=INGEST_TOKEN), {"message": "m"}, token)
+    assert response.status_code == 401 and reason in response.json["error"]
+    assert response.headers["WWW-Authenticate"] == AuthError(response.json["error"]).www_authenticate
+    assert published == []
+
+
+def test_no_token_gets_a_401_challenge_without_an_error(monkeypatch):
+    response = post(ingest_client(monkeypatch, []), {"message": "m"}, None)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == AuthError.missing().www_authenticate
+
+
+def test_the_write_claim_is_configurable(monkeypatch):
+    client = ingest_client(monkeypatch, [], AUTH_WRITE_CLAIM="ingest:allowed")
+    assert post(client, {"message": "m"}, hs256(**{"ingest:allowed": True})).status_code == 202
+    refused = post(client, {"message": "m"}, hs256(**{"logs.write": True}))
+    assert refused.status_code == 403 and "ingest:allowed" in refused.json["error"]
+
+
+@pytest.mark.parametrize("env, mounted", [
+    ({}, False),
+    ({"INGEST_TOKEN": INGEST_TOKEN}, True),
+    ({"AUTH_JWT_SECRET": SECRET}, True),  # JWT writers alone
+    ({"INGEST_TOKEN": INGEST_TOKEN, "AUTH_JWT_SECRET": SECRET}, True),
+])
+def test_the_ingest_route_exists_when_either_kind_of_writer_is_configured(env, mounted):
+    client = create_app(Settings.from_env(env)).test_client()
+    status = client.post("/api/logs", json={"message": "m"}).status_code
+    assert status == (401 if mounted else 404)
+
+
+def test_with_only_an_ingest_token_a_wrong_one_is_refused_without_trying_a_jwt(monkeypatch):
+    settings = Settings.from_env({"INGEST_TOKEN": INGEST_TOKEN})
+    response = create_app(settings).test_client().post(
+        "/api/logs", json={"message": "m"}, headers={"Authorization": f"Bearer {hs256(**{'logs.write': True})}"})
+    assert response.status_code == 401 and response.json["error"] == "wrong ingest token"
