@@ -197,3 +197,36 @@ def test_with_only_an_ingest_token_a_wrong_one_is_refused_without_trying_a_jwt(m
     response = create_app(settings).test_client().post(
         "/api/logs", json={"message": "m"}, headers={"Authorization": f"Bearer {hs256(**{'logs.write': True})}"})
     assert response.status_code == 401 and response.json["error"] == "wrong ingest token"
+
+
+# -- /health: no tenant data ---------------------------------------------------------------------
+
+def test_health_shows_no_tenant_data_whatever_flowed_through(monkeypatch):
+    """Audit of /health (issue 14): it is read by load balancers without a token, so no client
+    filter, subject, token, scope value or record content may appear in it. Everything a tenant
+    causes below goes through the service, then /health is searched for each of those strings."""
+    from tests.unit.test_filters_replay import FakeClient
+    published: list = []
+    client = ingest_client(monkeypatch, published, AUTH_ATTRIBUTE_CLAIMS="seller.id=seller_id")
+    service = client.application.extensions["logger_service"]
+    token = hs256(sub="subject-alice", seller_id="seller-secret-7")
+    environ = {"QUERY_STRING": "attr.seller.id=seller-secret-7&q=needle-word&tail=10",
+               "HTTP_AUTHORIZATION": f"Bearer {token}"}
+    viewer = FakeClient()
+    service.hub.attach(viewer, service.hub.admit(environ))
+    values = [orjson.dumps({"message": "card needle-word 4111-secret", "seller": {"id": "seller-secret-7"},
+                            "customer": "customer-bob", "needle-word": 1}), b"not json: customer-carol"]
+    records = [decode(v, topic="logs", partition=0, offset=i) for i, v in enumerate(values)]
+    service.hub.broadcast(records)
+    service.tail.count("records_in", 2)
+    service.tail.count("records_malformed")
+    viewer.on_text(viewer, '{"type":"subscribe","attributes":{"seller.id":"seller-secret-7"},"q":"needle-word"}')
+    writer = hs256(sub="writer-dave", **{"logs.write": True})
+    assert post(client, {"message": "from dave: order-secret-9"}, writer).status_code == 202
+    assert viewer.offsets() == [0], "the client was there and got its record"
+
+    body = client.get("/health").get_data(as_text=True)
+    assert orjson.loads(body)["hub"]["connections"] == 1
+    for tenant_data in ("seller-secret-7", "subject-alice", "needle-word", "4111-secret", "customer-bob",
+                        "customer-carol", "writer-dave", "order-secret-9", token, writer):
+        assert tenant_data not in body
