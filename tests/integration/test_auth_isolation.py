@@ -22,6 +22,7 @@ from typing import Any
 
 import jwt
 import pytest
+import requests
 
 from devstack.waiting import wait_until
 from tests.wsload import ClientPool, RawClient, handshake
@@ -147,6 +148,7 @@ def test_every_seller_client_gets_exactly_its_sellers_records_through_replay_res
         wait_until(lambda: all(len(records(c)) >= half // SELLERS for c in resumed_before.clients),
                    60, "the resuming clients to have the first half")
         positions = [resume_positions(c) for c in resumed_before.clients]
+        pools.remove(resumed_before)
         resumed_before.close()
 
         # Phase 2: while the second half flows, latecomers join with ?tail= and the others resume.
@@ -192,6 +194,11 @@ def test_every_seller_client_gets_exactly_its_sellers_records_through_replay_res
         for client in admins.clients + tail.clients[-1:]:
             seqs = Counter(r["attributes"]["seq"] for r in records(client))
             assert set(seqs) == set(range(TOTAL)) and max(seqs.values()) == 1, "an admin sees every record once"
+        # /health, which load balancers read without a token, names no seller, subject or token.
+        health = requests.get(proc.url + "/health", timeout=5).text
+        assert json.loads(health)["auth"] == "jwt" and json.loads(health)["clients"] == 200 + 4
+        for tenant_data in ("seller-", "user-of-", token(seller_claims(0)).split(".")[0]):
+            assert tenant_data not in health
         print(f"isolation soak: {TOTAL} records of {SELLERS} sellers, 200 seller clients and 4 admins, "
               "none foreign, none missing, none twice")
     finally:
