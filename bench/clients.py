@@ -20,10 +20,11 @@ producer): the latency samples. A *stalled* client stops reading after the
 Commands (a reply line follows each, ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``):
 
 * ``{"cmd": "connect", "port": P, "n": N, "group": "normal", "sample_every": 0,
-  "stall": false, "rcvbuf": 0, "concurrency": 200, "timeout": 120, "sources": null}`` -- open N
-  clients; the reply comes when each got its ``hello`` (or failed). ``sources``: local
-  addresses (``127.0.0.2``...) the clients bind to in turn, for more connections than
-  one address has ephemeral ports.
+  "stall": false, "rcvbuf": 0, "concurrency": 200, "timeout": 120, "sources": null,
+  "tokens": null}`` -- open N clients; the reply comes when each got its ``hello`` (or
+  failed). ``sources``: local addresses (``127.0.0.2``...) the clients bind to in turn, for
+  more connections than one address has ephemeral ports. ``tokens``: JSON Web Tokens the
+  clients send in turn as ``Authorization: Bearer`` (issue 14).
 * ``{"cmd": "stats", "reset": true}`` -- counters per group since the last reset.
 * ``{"cmd": "close", "group": null}`` -- drop clients (a group, or all).
 * ``{"cmd": "quit"}``.
@@ -101,9 +102,11 @@ class Group:
 
 class Conn(asyncio.BufferedProtocol):
     __slots__ = ("group", "sample", "stall", "transport", "hello", "handshake", "hdr", "left",
-                 "opcode", "keep", "messages", "open", "close_code")
+                 "opcode", "keep", "messages", "open", "close_code", "authorization")
 
-    def __init__(self, group: Group, sample: bool, stall: bool, hello: asyncio.Future) -> None:
+    def __init__(self, group: Group, sample: bool, stall: bool, hello: asyncio.Future,
+                 token: str | None = None) -> None:
+        self.authorization = b"Authorization: Bearer " + token.encode() + b"\r\n" if token else b""
         self.group = group
         self.sample = sample
         self.stall = stall
@@ -125,7 +128,7 @@ class Conn(asyncio.BufferedProtocol):
         self.open = True
         transport.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"  # type: ignore[attr-defined]
                         b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY +
-                        b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                        b"\r\nSec-WebSocket-Version: 13\r\n" + self.authorization + b"\r\n")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
@@ -275,7 +278,8 @@ class Pool:
 
     async def connect(self, port: int, n: int, group: str = "normal", sample_every: int = 0, stall: bool = False,
                       rcvbuf: int = 0, concurrency: int = 200, timeout: float = 120.0,
-                      host: str = "127.0.0.1", sources: list[str] | None = None) -> dict[str, Any]:
+                      host: str = "127.0.0.1", sources: list[str] | None = None,
+                      tokens: list[str] | None = None) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         grp = self.groups.setdefault(group, Group(group))
         gate = asyncio.Semaphore(concurrency)
@@ -295,7 +299,8 @@ class Pool:
                         sock.bind((sources[(base + i) % len(sources)], 0))
                     sock.setblocking(False)
                     hello = loop.create_future()
-                    conn = Conn(grp, bool(sample_every) and (base + i) % sample_every == 0, stall, hello)
+                    conn = Conn(grp, bool(sample_every) and (base + i) % sample_every == 0, stall, hello,
+                                tokens[(base + i) % len(tokens)] if tokens else None)
                     try:
                         await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 30)
                         await loop.create_connection(lambda: conn, sock=sock)

@@ -15,7 +15,12 @@ same load-client process (``bench.clients``). Scenarios:
 4. ``stalled``    -- 1k clients, then 10 more that never read: the others' rate and latency, and RSS growth;
 5. ``startup``    -- launch → first 200 from ``GET /health``, median of 5;
 6. ``forward``    -- records/s from Kafka through a real Rotel collector, against the stock
-   OpenTelemetry logging path (``bench.forward``).
+   OpenTelemetry logging path (``bench.forward``);
+7. ``scoped``     -- the cost of token scopes (issue 14), ours against ours: 10k clients over 100
+   scopes against 10k unscoped (admin) clients, same producer rate, one server per phase (auth on,
+   HS256, tokens sent as ``Authorization: Bearer``). Two scoped phases: scopes that each match
+   every record (the like-for-like deliveries/s ratio) and seller scopes that each match 1/100
+   (deliveries per CPU-second); see docs/BENCHMARKS.md.
 
 Prints a table (metric | ours | peer | ratio; with ``--repeat``/``--repeat-small``
 the median of the runs) and writes every raw number, the machine and the command to ``--json``.
@@ -55,9 +60,9 @@ from devstack.ports import free_port
 from devstack.service import ServiceProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("idle", "throughput", "latency", "stalled", "startup", "forward")
+SCENARIOS = ("idle", "throughput", "latency", "stalled", "startup", "forward", "scoped")
 SMALL = ("latency", "stalled", "startup")  # at most ~1,000 clients: cheap enough to repeat
-NOISE_SENSITIVE = ("throughput", "latency", "stalled")  # rates and latencies: rerun when the machine was busy
+NOISE_SENSITIVE = ("throughput", "latency", "stalled", "scoped")  # rates and latencies: rerun when the machine was busy
 
 
 @dataclass
@@ -80,13 +85,19 @@ class Sizes:
     stalled_seconds: float = 30.0
     startup_launches: int = 5
     forward_records: int = 200_000
+    # scoped: the throughput scenario's load (batches of 10 ≈ 8 KB, above what 10k clients take)
+    scoped_clients: int = 10_000
+    scopes: int = 100
+    scoped_rate: int = 200
+    scoped_seconds: float = 10.0
     warmup_seconds: float = 3.0
 
 
 QUICK = Sizes(idle_levels=(100, 300), throughput_clients=(200,), throughput_rate={200: 2_500},
               throughput_seconds=3.0, latency_clients=200, latency_seconds=3.0, stalled_clients=200,
               stalled_extra=5, stalled_baseline_seconds=3.0, stalled_seconds=6.0, startup_launches=2,
-              forward_records=20_000, warmup_seconds=1.5)
+              forward_records=20_000, scoped_clients=500, scopes=50, scoped_rate=2_500, scoped_seconds=3.0,
+              warmup_seconds=1.5)
 
 THROUGHPUT_RECORD_BYTES = 800  # 10 of them per batch: ≈ 8 KB messages
 LATENCY_RECORD_BYTES = 120  # a short log line; ~240 bytes once normalised for clients
@@ -237,10 +248,12 @@ class Ours:
 
     name = "ours"
 
-    def __init__(self, ctx: Context, batch_size: int = 500, batch_interval_ms: int = 50) -> None:
+    def __init__(self, ctx: Context, batch_size: int = 500, batch_interval_ms: int = 50,
+                 env: dict[str, str] | None = None) -> None:
         self.svc = ServiceProcess({"KAFKA_BROKER_URL": ctx.kafka.bootstrap, "KAFKA_TOPIC": ctx.topic,
                                    "FORWARD_ENABLED": "false", "TAIL_BATCH_SIZE": str(batch_size),
-                                   "TAIL_BATCH_INTERVAL_MS": str(batch_interval_ms), "ACCESS_LOG": "false"},
+                                   "TAIL_BATCH_INTERVAL_MS": str(batch_interval_ms), "ACCESS_LOG": "false",
+                                   **(env or {})},
                                   workers=1, log_dir=ctx.log_dir)
         self.pid = 0
 
@@ -321,11 +334,13 @@ Server = Ours | Peer
 class Producer:
     """Produces records at a steady rate from a thread until stopped (or ``max_seconds``)."""
 
-    def __init__(self, ctx: Context, rate: int, record_bytes: int, max_seconds: float = 600.0) -> None:
+    def __init__(self, ctx: Context, rate: int, record_bytes: int, max_seconds: float = 600.0,
+                 sellers: int = 0) -> None:
         self.producer = ctx.kafka.producer(linger_ms=2, acks=1)
         self.topic = ctx.topic
         self.rate = rate
         self.record_bytes = record_bytes
+        self.sellers = sellers  # records carry seller.id = seller-<seq % sellers>
         self.max_seconds = max_seconds
         self.sent = 0
         self.seconds = 0.0
@@ -354,7 +369,7 @@ class Producer:
                 self._stop.wait(0.002)
                 continue
             for seq in range(self.sent, due):
-                self.producer.send(self.topic, make_record(seq, self.record_bytes))
+                self.producer.send(self.topic, make_record(seq, self.record_bytes, sellers=self.sellers))
             self.sent = due
         self.seconds = time.monotonic() - began
 
@@ -698,10 +713,82 @@ def scenario_forward(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
                  row(f"forward {n:,} records: distinct records at receiver", o["distinct_seq"], p["distinct_seq"])]
 
 
+SCOPED_SECRET = "bench-scoped-shared-secret-0123456789abcdef"  # HS256 needs 32+ bytes
+SCOPED_PHASES = ("unscoped", "every_record", "sellers")
+
+
+def scoped_tokens(scopes: int) -> dict[str, list[str]]:
+    """The tokens of each phase; client i sends token i % len (``bench.clients``)."""
+    import jwt  # only this scenario needs PyJWT
+
+    def sign(claims: dict[str, Any]) -> str:
+        return jwt.encode({**claims, "exp": int(time.time()) + 3600}, SCOPED_SECRET, algorithm="HS256")
+    every_service = [f"svc-{i}" for i in range(7)]  # make_record's services: each record is in all of them
+    return {
+        "unscoped": [sign({"sub": "admin", "logs.all": True})],
+        # 100 distinct filters that each let every record through: the same deliveries as unscoped,
+        # plus what scoping costs (a group, a match per record and an encoding per scope and batch).
+        "every_record": [sign({"sub": f"team-{i}", "logs.services": every_service + [f"team-{i}"]})
+                         for i in range(scopes)],
+        # What sellers do: each scope matches its seller's 1/100 of the records.
+        "sellers": [sign({"sub": f"user-{i}", "seller_id": f"seller-{i}"}) for i in range(scopes)],
+    }
+
+
+def scenario_scoped(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
+    s = ctx.sizes
+    n = s.scoped_clients
+    env = {"AUTH_JWT_SECRET": SCOPED_SECRET, "AUTH_ATTRIBUTE_CLAIMS": "seller.id=seller_id"}
+    tokens = scoped_tokens(s.scopes)
+    phases = SCOPED_PHASES if ctx.order[0] == "ours" else tuple(reversed(SCOPED_PHASES))
+    raw: dict[str, Any] = {"clients": n, "scopes": s.scopes, "offered_records_per_s": s.scoped_rate}
+    # One producer for the whole run: every phase sees the same rate and the same records
+    # (each carrying one of the sellers' ids); each phase gets a fresh server, so no phase
+    # inherits another's backlog.
+    with Producer(ctx, s.scoped_rate, THROUGHPUT_RECORD_BYTES, sellers=s.scopes) as producer:
+        for phase in phases:
+            srv = Ours(ctx, batch_size=10, batch_interval_ms=100, env=env).start()
+            try:
+                conn = ctx.clients.connect(srv.port, n, sample_every=max(n // 50, 1), tokens=tokens[phase])
+                time.sleep(ctx.sizes.warmup_seconds)
+                m = _measure(ctx, srv, s.scoped_seconds)
+                per_client = m["records_per_s_per_client"]
+                m.update(connected=conn["connected"], connect_errors=conn["errors"],
+                         record_deliveries_per_s=round(per_client * conn["connected"]) if per_client else None)
+                raw[phase] = m
+                _say(f"{phase}: {n} clients, {len(tokens[phase])} token(s): {m['deliveries_per_s']:,.0f} "
+                     f"deliveries/s, {per_client} records/s per client, server CPU {m['server_cpu_percent']}%, "
+                     f"{m['deliveries_per_cpu_s']} deliveries per CPU-s, others {m['cpu']['others_percent']}%")
+            finally:
+                ctx.clients.call("close")
+                srv.stop()
+    raw["produced_records_per_s"] = round(producer.achieved_rate, 1)
+    u, e, v = raw["unscoped"], raw["every_record"], raw["sellers"]
+    tag = f"{n:,} clients, {s.scopes} scopes"
+    return raw, [
+        row(f"{tag} matching every record vs unscoped: deliveries/s", e["deliveries_per_s"], u["deliveries_per_s"],
+            "/s", "higher"),
+        row(f"{tag} matching every record vs unscoped: server CPU", e["server_cpu_percent"],
+            u["server_cpu_percent"], "%", "lower"),
+        row(f"{tag} matching every record vs unscoped: deliveries per CPU-second", e["deliveries_per_cpu_s"],
+            u["deliveries_per_cpu_s"], "", "higher"),
+        row(f"{tag}, seller scopes (1/{s.scopes} each) vs unscoped: deliveries/s", v["deliveries_per_s"],
+            u["deliveries_per_s"], "/s"),
+        row(f"{tag}, seller scopes vs unscoped: records/s per client", v["records_per_s_per_client"],
+            u["records_per_s_per_client"], "/s"),
+        row(f"{tag}, seller scopes vs unscoped: record deliveries/s (records × clients)",
+            v["record_deliveries_per_s"], u["record_deliveries_per_s"], "/s"),
+        row(f"{tag}, seller scopes vs unscoped: deliveries per CPU-second", v["deliveries_per_cpu_s"],
+            u["deliveries_per_cpu_s"], "", "higher"),
+    ]
+
+
 RUNNERS: dict[str, Callable[[Context], tuple[dict[str, Any], list[Row]]]] = {
     "idle": scenario_idle, "throughput": scenario_throughput, "latency": scenario_latency,
     "stalled": scenario_stalled, "startup": scenario_startup, "forward": scenario_forward,
+    "scoped": scenario_scoped,
 }
+PEER_LABELS = {"forward": "peer / stock OTel", "scoped": "ours unscoped"}
 
 
 # -- table -------------------------------------------------------------------------------------
@@ -831,7 +918,7 @@ def main(argv: list[str] | None = None) -> int:
                 merged = median_rows(runs)
                 results["scenarios"][name] = {"runs": raws, "rows": merged}
                 all_rows += merged
-                print(table(merged, "peer / stock OTel" if name == "forward" else "peer"), flush=True)
+                print(table(merged, PEER_LABELS.get(name, "peer")), flush=True)
         finally:
             clients.close()
     results["rows"] = all_rows

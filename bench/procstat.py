@@ -103,11 +103,12 @@ _FILLER = "abcdefghijklmnopqrstuvwxyz0123456789" * 64
 _LEVELS = ("info", "info", "info", "warn", "error", "debug")
 
 
-def make_record(seq: int, size: int, *, sent: bool = True) -> bytes:
+def make_record(seq: int, size: int, *, sent: bool = True, sellers: int = 0) -> bytes:
     """One JSON log line of about ``size`` bytes, carrying its produce time in ``sent`` (ns).
 
     From 180 bytes up it has a nested ``http`` object and a float attribute too;
     below that only level, service, message, ``seq`` (and ``sent``): ~100 bytes at least.
+    With ``sellers``, it belongs to seller ``seller-<seq % sellers>`` (``seller.id``).
     """
     head: dict[str, object] = {
         "level": _LEVELS[seq % len(_LEVELS)],
@@ -115,6 +116,8 @@ def make_record(seq: int, size: int, *, sent: bool = True) -> bytes:
         "message": "",
         "seq": seq,
     }
+    if sellers:
+        head["seller"] = {"id": f"seller-{seq % sellers}"}
     if size >= 180:
         head["http"] = {"method": "GET", "path": f"/api/orders/{seq % 977}", "status": 200}
         head["duration_ms"] = (seq % 1000) / 10

@@ -31,9 +31,10 @@ from flask_cors import CORS
 import logger
 from logger import metrics
 from logger.auth import AuthError, Authorize
+from logger.bearer import bearer_token, is_secret, refused
 from logger.config import Settings
 from logger.hub import WS_PATH
-from logger.ingest import ingest_blueprint
+from logger.ingest import JwtWriters, ingest_blueprint
 from logger.service import LogService
 from logger.viewer import viewer_blueprint
 
@@ -69,6 +70,10 @@ def create_app(settings: Settings | None = None, service: LogService | None = No
 
     @app.get("/metrics")
     def prometheus() -> Any:
+        if settings.metrics_token is not None:
+            token = bearer_token(request.headers.get("Authorization"))
+            if not is_secret(token, settings.metrics_token):
+                return refused(AuthError.missing() if token is None else AuthError("wrong metrics token"))
         body, content_type = metrics.exposition()
         return Response(body, content_type=content_type)
 
@@ -92,8 +97,11 @@ def create_app(settings: Settings | None = None, service: LogService | None = No
         return jsonify(error="this endpoint speaks WebSocket: send an Upgrade request"), 426, {
             "Upgrade": "websocket"}
 
-    if settings.ingest_token:
-        app.register_blueprint(ingest_blueprint(settings.ingest_token, service.publish))
+    # JWT writers are checked by the service's verifier, which keeps the JWKS keys fresh.
+    verifier = service.verifier
+    writers = JwtWriters(verifier.claims, settings.auth_write_claim) if verifier is not None else None
+    if settings.ingest_token or writers:
+        app.register_blueprint(ingest_blueprint(service.publish, settings.ingest_token, writers))
     app.register_blueprint(viewer_blueprint())
     return app
 

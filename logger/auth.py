@@ -223,6 +223,16 @@ class TokenVerifier:
     def verify(self, token: str | None, wait_for_keys: bool = True) -> Grant:
         """The grant of a valid token; AuthError otherwise. May wait (this greenlet only) for
         a JWKS refresh when the token names a key not seen yet."""
+        claims = self.claims(token, wait_for_keys)
+        expires_at = claims.get("exp")
+        subject = claims.get("sub")
+        return Grant(subject=subject if isinstance(subject, str) else None,
+                     expires_at=float(expires_at) if expires_at is not None else None,
+                     scope=self._scope_of(claims), claims=claims)
+
+    def claims(self, token: str | None, wait_for_keys: bool = True) -> dict[str, Any]:
+        """The claims of a valid token (signature, ``exp``, ``nbf``, ``iss``, ``aud``), with no
+        read scope required: ``POST /api/logs`` takes write-only tokens. AuthError otherwise."""
         if not token:
             raise AuthError.missing()
         if len(token) > MAX_TOKEN_BYTES:
@@ -243,11 +253,7 @@ class TokenVerifier:
                                 options={"verify_aud": bool(self._settings.auth_audience)})
         except jwt.PyJWTError as exc:
             raise AuthError(_reason(exc)) from None
-        expires_at = claims.get("exp")
-        subject = claims.get("sub")
-        return Grant(subject=subject if isinstance(subject, str) else None,
-                     expires_at=float(expires_at) if expires_at is not None else None,
-                     scope=self._scope_of(claims), claims=claims)
+        return claims
 
     def _public_key(self, kid: Any, alg: str, wait: bool) -> Any:
         if kid is not None and not isinstance(kid, str):

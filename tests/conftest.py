@@ -197,9 +197,12 @@ def produce(kafka: KafkaBroker, topic: str, values: list[bytes | None], partitio
         producer.close()
 
 
-def scrape(proc: ServiceProcess) -> dict[tuple[str, tuple], float]:
-    """``/metrics`` as {(sample name, sorted labels): value}."""
-    text = requests.get(proc.url + "/metrics", timeout=5).text
+def scrape(proc: ServiceProcess, token: str | None = None) -> dict[tuple[str, tuple], float]:
+    """``/metrics`` as {(sample name, sorted labels): value} (``token``: the service's METRICS_TOKEN)."""
+    response = requests.get(proc.url + "/metrics", timeout=5,
+                            headers={"Authorization": f"Bearer {token}"} if token else {})
+    response.raise_for_status()
+    text = response.text
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -13,6 +13,7 @@ import os
 import selectors
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,20 +36,21 @@ class RawClient:
         return [r for m in self.messages if m.get("type") == "logs" for r in m["records"]]
 
 
-def handshake(host: str, port: int, path: str = "/ws", origin: str | None = None, rcvbuf: int | None = None
-              ) -> tuple[socket.socket, int, bytes]:
-    """Open a connection and send the upgrade; return (socket, HTTP status, bytes after the headers)."""
+def handshake(host: str, port: int, path: str = "/ws", origin: str | None = None, rcvbuf: int | None = None,
+              headers: Sequence[str] = ()) -> tuple[socket.socket, int, bytes]:
+    """Open a connection and send the upgrade; return (socket, HTTP status, bytes after the headers).
+    ``headers``: more header lines, e.g. ``"Authorization: Bearer …"``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(10)
     if rcvbuf:  # before connect(), or the window is already negotiated
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect((host, port))
     key = base64.b64encode(os.urandom(16)).decode()
-    headers = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
-               f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13", *headers]
     if origin:
-        headers.append(f"Origin: {origin}")
-    sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
+        lines.append(f"Origin: {origin}")
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     head, _, rest = read_response_head(sock).partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head else 0
     return sock, status, rest
@@ -86,17 +88,25 @@ def parse_frames(client: RawClient, answer_pings: bool = True) -> None:
             client.pings_answered += 1
 
 
-class ClientPool:
-    """N clients read by one background thread; pings are answered unless ``answer_pings`` is off."""
+Upgrade = tuple[str, Sequence[str]]  # (path with query, extra header lines) of one client
 
-    def __init__(self, host: str, port: int, count: int, *, answer_pings: bool = True) -> None:
+
+class ClientPool:
+    """N clients read by one background thread; pings are answered unless ``answer_pings`` is off.
+
+    ``count`` plain clients of ``/ws``, then one client per item of ``upgrades``
+    (path and header lines of its own: a query, a token).
+    """
+
+    def __init__(self, host: str, port: int, count: int = 0, *, answer_pings: bool = True,
+                 upgrades: Sequence[Upgrade] = ()) -> None:
         self.clients: list[RawClient] = []
         self.answer_pings = answer_pings
         self._selector = selectors.DefaultSelector()
-        for _ in range(count):
-            sock, status, rest = handshake(host, port)
+        for path, headers in [("/ws", ())] * count + list(upgrades):
+            sock, status, rest = handshake(host, port, path=path, headers=headers)
             if status != 101:
-                raise ConnectionError(f"upgrade answered {status}")
+                raise ConnectionError(f"upgrade of {path[:60]} answered {status}")
             sock.setblocking(False)
             client = RawClient(sock, bytearray(rest))
             self.clients.append(client)
@@ -123,6 +133,10 @@ class ClientPool:
                     continue
                 client.buffer += data
                 parse_frames(client, self.answer_pings)
+
+    def send(self, client: RawClient, message: dict[str, Any]) -> None:
+        """Send one text message (small: one non-blocking send takes it)."""
+        client.sock.sendall(masked_frame(json.dumps(message).encode()))
 
     def wait(self, condition, timeout: float, what: str) -> None:
         wait_until(condition, timeout, what)

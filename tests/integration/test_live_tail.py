@@ -229,6 +229,37 @@ def test_records_posted_over_http_reach_every_client_through_kafka(kafka, topic,
     assert_valid(client)
 
 
+def test_a_jwt_writer_posts_through_kafka_and_its_records_say_who_sent_them(kafka, topic, service, receiver,
+                                                                           run_id):
+    """Issue 14: with auth on and no INGEST_TOKEN the route exists for JWT writers; a reader's
+    token gets 403, a bad one 401; a writer's records reach the collector stamped ``enduser.id``."""
+    import requests
+    from tests.auth_keys import SECRET, hs256
+    proc = service(topic(1), AUTH_JWT_SECRET=SECRET, AUTH_ATTRIBUTE_CLAIMS="seller.id=seller_id",
+                   ACCESS_LOG="true")
+    url = proc.url + "/api/logs"
+
+    def post(token: str | None, body) -> requests.Response:
+        return requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"} if token else {},
+                             timeout=10)
+    writer = hs256(sub="checkout-service", **{"logs.write": True})
+    reader = hs256(sub="seller-user", seller_id="s-1")
+    forged = hs256(secret="not-the-service-secret-but-32-characters", sub="x", **{"logs.write": True})
+    body = [{"message": "paid", "run": run_id, "seq": 0}, {"message": "spoofed", "run": run_id, "seq": 1,
+                                                            "enduser.id": "someone-else"}]
+    refused = {"none": post(None, body), "reader": post(reader, body), "forged": post(forged, body)}
+    assert {name: r.status_code for name, r in refused.items()} == {"none": 401, "reader": 403, "forged": 401}
+    assert 'error="insufficient_scope"' in refused["reader"].headers["WWW-Authenticate"]
+    ok = post(writer, body)
+    assert ok.status_code == 202 and ok.json() == {"accepted": 2}
+    exported = receiver.wait_for_matching(lambda r: r["attributes"].get("run") == run_id, 2)
+    assert sorted((r["attributes"]["seq"], r["attributes"]["enduser.id"]) for r in exported) == \
+        [(0, "checkout-service"), (1, "checkout-service")]
+    proc.wait_until(lambda: proc.log_text().count('"path":"/api/logs"') >= 4, 10, "the access lines")
+    for token in (writer, reader, forged):
+        assert token not in proc.log_text()
+
+
 def test_without_a_token_the_ingest_route_is_not_mounted(live):
     import requests
     assert requests.post(live.proc.url + "/api/logs", json={"message": "x"}, timeout=5).status_code == 404

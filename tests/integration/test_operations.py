@@ -51,6 +51,28 @@ def test_metrics_add_up_over_workers_and_move_by_the_right_amounts(kafka, topic,
     assert set(proc.wait_until(lags, 15, "a lag per partition").values()) == {0.0}, "caught up"
 
 
+METRICS_TOKEN = "integration-metrics-token-0123"
+
+
+def test_a_metrics_token_keeps_metrics_from_anyone_without_it(kafka, topic, service, ws_client):
+    proc = service(topic(1), workers=2, METRICS_TOKEN=METRICS_TOKEN, ACCESS_LOG="true", LOG_FORMAT="json")
+    url = proc.url + "/metrics"
+    for headers, error in (({}, False), ({"Authorization": "Bearer not-the-metrics-token"}, True),
+                           ({"Authorization": f"Basic {METRICS_TOKEN}"}, False)):
+        refused = requests.get(url, headers=headers, timeout=5)
+        assert refused.status_code == 401, headers
+        challenge = refused.headers["WWW-Authenticate"]
+        assert challenge.startswith('Bearer realm="logger-service"') and ('error="invalid_token"' in challenge) == error
+        assert "logger_" not in refused.text and refused.json()["error"]
+    ws_client(proc.ws_url)
+    # Whichever worker answers, the token opens the whole server's metrics.
+    for _ in range(4):
+        assert value(scrape(proc, METRICS_TOKEN), "logger_ws_clients") == 1
+    assert requests.get(proc.url + "/health", timeout=5).status_code == 200, "only /metrics is guarded"
+    proc.wait_until(lambda: '"path":"/metrics","status":200' in proc.log_text(), 10, "the access lines")
+    assert METRICS_TOKEN not in proc.log_text()
+
+
 def test_readiness_flips_during_start_and_drain(kafka, topic, service):
     proc = service(topic(1), wait_ready=False)
     proc.launch()

@@ -74,6 +74,7 @@ def test_frontend_origins_are_normalised():
     ({"KAFKA_SSL_CA_FILE": "/nonexistent.pem"}, "KAFKA_SSL_CA_FILE"),
     ({"TAIL_BATCH_INTERVAL_MS": "0"}, "TAIL_BATCH_INTERVAL_MS"),
     ({"INGEST_TOKEN": "hidden short"}, "INGEST_TOKEN=<not shown>"),
+    ({"METRICS_TOKEN": "hidden short"}, "METRICS_TOKEN=<not shown>"),
 ])
 def test_bad_values_name_the_variable_in_one_line(env, names):
     with pytest.raises(ConfigError) as caught:
@@ -133,6 +134,7 @@ def test_each_bound_is_refused_just_outside_it_with_the_accepted_form(name, valu
     ("TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8", "trusted_proxies",
      (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"))),
     ("INGEST_TOKEN", "0123456789abcdef", "ingest_token", "0123456789abcdef"),
+    ("METRICS_TOKEN", "0123456789abcdef", "metrics_token", "0123456789abcdef"),
     ("FORWARD_ENABLED", "off", "forward_enabled", False),
     ("TAIL_ENABLED", "yes", "tail_enabled", True),
 ])
@@ -262,6 +264,9 @@ def test_the_process_environment_is_read_when_none_is_given(monkeypatch):
     ("INGEST_TOKEN", "x" * 16, True),
     ("INGEST_TOKEN", "x" * 15, False),
     ("INGEST_TOKEN", "x" * 10 + "\t" + "x" * 10, False),
+    ("METRICS_TOKEN", "x" * 16, True),
+    ("METRICS_TOKEN", "x" * 15, False),
+    ("METRICS_TOKEN", "x" * 10 + " " + "x" * 10, False),
     ("TRUSTED_PROXIES", "10.1.2.3/8", True),  # host bits are allowed: the network is meant
     ("TRUSTED_PROXIES", "::1, fd00::/8", True),
     ("TRUSTED_PROXIES", "localhost", False),
@@ -289,6 +294,7 @@ def test_the_parsed_forms():
     assert (s.kafka_group_id, s.kafka_topic, s.dead_letter_topic) == ("g1", "t1", "t1.dlq")
     assert Settings.from_env({}).trusted_proxies == () and Settings.from_env({}).dead_letter_topic is None
     assert Settings.from_env({}).ingest_token is None and Settings.from_env({}).kafka_ca_file is None
+    assert Settings.from_env({}).metrics_token is None
 
 
 def test_endpoint_errors_name_the_accepted_form():
