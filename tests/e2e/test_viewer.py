@@ -32,7 +32,6 @@ import pytest
 from devstack.kafka import KafkaBroker
 from devstack.ports import free_port
 from devstack.service import ROOT, ServiceProcess
-from devstack.waiting import wait_until
 from tests.conftest import produce
 
 try:
@@ -245,7 +244,8 @@ def test_page_loads_clean_shows_records_and_expands_them(viewer: Callable[..., V
     assert page.locator("main table thead th").all_inner_texts() == ["TIME", "LEVEL", "SERVICE", "MESSAGE"]
 
     paths = sorted({urlsplit(url).path for url in v.requests})
-    assert paths == ["/viewer", "/viewer/favicon.svg", "/viewer/viewer.css", "/viewer/viewer.js", "/viewer/volume.js"]
+    assert paths == ["/viewer", "/viewer/favicon.svg", "/viewer/logtable.js", "/viewer/viewer.css", "/viewer/viewer.js",
+                     "/viewer/volume.js"]
     assert parse_qs(urlsplit(v.websockets[0]).query) == {"tail": ["100"]}
     v.check()
 
@@ -493,6 +493,56 @@ def test_rows_are_capped_oldest_first(viewer: Callable[..., Viewer]) -> None:
     assert v.page.locator("#rows > tr").count() == 50  # no markers or details left over
     # The keyboard still has a way into the rows.
     assert v.page.locator("#rows tr.rec[tabindex='0']").count() == 1
+    v.check()
+
+
+ROW_AT_MIDDLE = """() => { const s = document.getElementById("scroller").getBoundingClientRect();
+    const row = document.elementFromPoint(s.left + s.width / 2, s.top + s.height / 2).closest("tr.rec");
+    return row && row.querySelector("td.m").textContent; }"""
+
+
+def test_a_long_table_draws_only_the_rows_near_the_view(viewer: Callable[..., Viewer]) -> None:
+    v = viewer()
+    v.open("tail=0&max=300")
+    v.produce(0, 400)
+    v.wait_received(400)
+    expect(v.page.locator("#count-shown")).to_have_text("300")
+    expect(v.page.locator(f"{ROWS} td.m").last).to_have_text(f"{v.run} event 399")
+    # 300 records kept, a few dozen of them in the DOM; the table says how many rows it has.
+    drawn = v.page.locator(ROWS).count()
+    assert 10 < drawn < 150, drawn
+    assert v.page.get_attribute("#log", "aria-rowcount") == "301"  # and the head's row
+    assert v.page.locator(ROWS).last.get_attribute("aria-rowindex") == "301"
+
+    # The keyboard reaches every record kept: Home the oldest, Page Down ten further, End the newest.
+    tab_stop = v.page.locator("#rows tr.rec[tabindex='0']")
+    expect(tab_stop).to_have_count(1)
+    tab_stop.focus()
+    focused = v.page.locator("#rows tr.rec:focus")
+    v.page.keyboard.press("Home")
+    expect(focused.locator("td.m")).to_have_text(f"{v.run} event 100")
+    expect(focused).to_have_attribute("aria-rowindex", "2")
+    expect(v.page.locator("#follow")).to_be_visible()  # reading the oldest: no longer following
+    v.page.keyboard.press("PageDown")
+    expect(focused.locator("td.m")).to_have_text(f"{v.run} event 110")
+    v.page.keyboard.press("Enter")
+    expect(v.page.locator("#rows tr.details")).to_contain_text(f"{v.run} event 110")
+
+    # Scrolled back a little (reading): records arrive and the oldest leave, above the view, and
+    # the row in the middle of the view stays the same.
+    v.page.locator("#scroller").evaluate("s => { s.scrollTop = s.scrollHeight / 2; }")
+    expect(v.page.locator("#follow")).to_be_visible()
+    before = v.page.wait_for_function(f"({ROW_AT_MIDDLE})()").json_value()  # drawn in the next frame
+    assert before and before.startswith(f"{v.run} event 2"), before
+    v.produce(400, 20)
+    v.wait_received(420)
+    expect(v.page.locator("#follow")).to_have_text("Jump to latest (20 new)")
+    expect(v.page.locator(ROWS).filter(has_text=f"{v.run} event 119")).to_have_count(0)  # left the table
+    assert v.page.evaluate(ROW_AT_MIDDLE) == before
+
+    v.page.keyboard.press("End")
+    expect(focused.locator("td.m")).to_have_text(f"{v.run} event 419")
+    expect(v.page.locator("#follow")).to_be_hidden()  # at the newest: following again
     v.check()
 
 
@@ -761,6 +811,10 @@ SMOOTHNESS_PROBE = """() => {
     window.smoothnessProbe = probe;
 }"""
 
+# What Chrome's Performance panel records, less the screenshots.
+TRACE_CATEGORIES = ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8.execute", "blink.user_timing",
+                    "disabled-by-default-devtools.timeline.frame", "latencyInfo"]
+
 SMOOTHNESS_READ = """() => {
     const p = window.smoothnessProbe;
     const gaps = p.gaps.slice(1).sort((a, b) => a - b);
@@ -769,14 +823,19 @@ SMOOTHNESS_READ = """() => {
              max_frame_ms: gaps[gaps.length - 1] || 0, slow_frames: gaps.filter((g) => g > 50).length,
              longtasks: p.longtasks.length, longtask_ms: p.longtasks.reduce((a, b) => a + b, 0),
              max_longtask_ms: Math.max(0, ...p.longtasks), records: received - p.received,
-             rows: document.querySelectorAll("#rows tr.rec").length };
+             kept: Number(document.getElementById("count-shown").textContent.replace(/,/g, "")),
+             drawn: document.querySelectorAll("#rows tr.rec").length };
 }"""
 
 
 @pytest.mark.skipif(os.environ.get("MEASURE_SMOOTHNESS") != "1",
                     reason="set MEASURE_SMOOTHNESS=1 to measure (docs/BENCHMARKS.md)")
 def test_measure_smoothness_at_2000_records_per_second(viewer: Callable[..., Viewer]) -> None:
-    """Frames per second and long tasks while 2,000 records/s stream in (numbers, no assertion on them)."""
+    """Frames per second and long tasks while 2,000 records/s stream in (numbers, no assertion on them).
+
+    ``SMOOTHNESS_TRACE=path.json`` also records a Chromium performance trace of the busy window
+    (open it in Chrome's Performance panel, or summarise it with ``bench.trace_summary``).
+    """
     rate, seconds = int(os.environ.get("SMOOTHNESS_RATE", "2000")), 10.0
     v = viewer()
     v.open(os.environ.get("SMOOTHNESS_QUERY", ""))
@@ -801,10 +860,15 @@ def test_measure_smoothness_at_2000_records_per_second(viewer: Callable[..., Vie
     thread = threading.Thread(target=paced, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: v.page.locator(ROWS).count() >= 1000, 30, "the row cap reached")
+        expect(v.page.locator("#count-shown")).to_have_text("1,000", timeout=30 * SECOND)  # the row cap reached
+        trace = os.environ.get("SMOOTHNESS_TRACE")
+        if trace:
+            v.page.context.browser.start_tracing(page=v.page, path=trace, categories=TRACE_CATEGORIES)
         v.page.evaluate(SMOOTHNESS_PROBE)
         time.sleep(seconds)  # the measuring window: the page counts, we wait
         busy = v.page.evaluate(SMOOTHNESS_READ)
+        if trace:
+            v.page.context.browser.stop_tracing()
     finally:
         stop.set()
         thread.join(10)
@@ -812,8 +876,8 @@ def test_measure_smoothness_at_2000_records_per_second(viewer: Callable[..., Vie
         print(f"{name}: {m['frames'] / seconds:.1f} frames/s, p99 frame {m['p99_frame_ms']:.0f} ms, "
               f"max frame {m['max_frame_ms']:.0f} ms, frames > 50 ms: {m['slow_frames']}, "
               f"long tasks: {m['longtasks']} ({m['longtask_ms']:.0f} ms in all, longest {m['max_longtask_ms']:.0f} ms), "
-              f"records received: {m['records'] / seconds:.0f}/s, rows kept: {m['rows']}")
-    assert busy["records"] > 0 and busy["rows"] == 1000
+              f"records received: {m['records'] / seconds:.0f}/s, rows kept: {m['kept']} ({m['drawn']} in the DOM)")
+    assert busy["records"] > 0 and busy["kept"] == 1000
     v.check()
 
 
