@@ -86,6 +86,24 @@ class Settings:
     http_body_timeout_s: float = 30.0
     http_max_header_bytes: int = 32 << 10
     ingest_token: str | None = field(default=None, repr=False)
+    # Who may read which logs (issue 14; README, "Authentication"). Neither source of keys: auth is off.
+    auth_jwks_url: str | None = None
+    auth_jwt_secret: str | None = field(default=None, repr=False)
+    auth_issuer: str | None = None
+    auth_audience: tuple[str, ...] = ()
+    auth_leeway_s: float = 30.0
+    auth_jwks_refresh_s: float = 300.0
+    auth_services_claim: str = "logs.services"
+    auth_min_level_claim: str = "logs.min_level"
+    auth_attribute_claims: tuple[tuple[str, str], ...] = ()  # (attribute path, claim name)
+    auth_all_logs_claim: str = "logs.all"
+    auth_write_claim: str = "logs.write"
+    metrics_token: str | None = field(default=None, repr=False)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Tokens are checked: a JWKS URL or a shared secret is configured."""
+        return bool(self.auth_jwks_url or self.auth_jwt_secret)
 
     @property
     def kafka_sasl(self) -> bool:
@@ -168,6 +186,7 @@ class Settings:
             http_max_header_bytes=env.integer("HTTP_MAX_HEADER_BYTES", 32 << 10, 1024, 1 << 20),
             ingest_token=env.parse("INGEST_TOKEN", None, _token, "at least 16 characters without spaces",
                                    secret=True),
+            **_auth_settings(env),
         )
 
 
@@ -245,6 +264,99 @@ def _token(raw: str) -> str:
     if len(raw) < 16 or any(c.isspace() for c in raw):
         raise ValueError("token")
     return raw
+
+
+CLAIM_FORM = "a claim name: letters, digits, '.', '_', ':', '/' or '-'"
+_CLAIM = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
+
+
+def _auth_settings(env: _Env) -> dict[str, object]:
+    """``AUTH_*`` and ``METRICS_TOKEN``, checked against each other.
+
+    With a JWKS URL the keys are an identity provider's, which signs tokens for
+    every application it serves: without ``AUTH_ISSUER`` and ``AUTH_AUDIENCE``
+    a token it issued for another application would open ``/ws`` too, so both
+    are required then. An issuer or audience without any key would silently
+    leave auth off, so that is refused as well.
+    """
+    jwks_url = env.parse("AUTH_JWKS_URL", None, _jwks_url, "an http(s) URL of a JSON Web Key Set")
+    secret = env.parse("AUTH_JWT_SECRET", None, _jwt_secret,
+                       "at least 32 characters (HS256 needs a 256-bit key, RFC 7518 §3.2)", secret=True)
+    issuer = env.text("AUTH_ISSUER")
+    audience = env.parse("AUTH_AUDIENCE", (), _names, "a comma-separated list of audience names")
+    for name, value in (("AUTH_ISSUER", issuer), ("AUTH_AUDIENCE", audience)):
+        if jwks_url and not value:
+            raise ConfigError(f"{name} is not set: it is required with AUTH_JWKS_URL (else a token the "
+                              "identity provider issued for another application would be accepted)")
+        if value and not (jwks_url or secret):
+            raise ConfigError(f"{name} is set but neither AUTH_JWKS_URL nor AUTH_JWT_SECRET is: "
+                              "authentication would be off")
+
+    def claim(name: str, default: str) -> str:
+        return env.parse(name, default, _claim_name, CLAIM_FORM)
+
+    return {
+        "auth_jwks_url": jwks_url,
+        "auth_jwt_secret": secret,
+        "auth_issuer": issuer,
+        "auth_audience": audience,
+        "auth_leeway_s": env.number("AUTH_LEEWAY_S", 30, 0, 600),
+        "auth_jwks_refresh_s": env.number("AUTH_JWKS_REFRESH_S", 300, 10, 86_400),
+        "auth_services_claim": claim("AUTH_SERVICES_CLAIM", "logs.services"),
+        "auth_min_level_claim": claim("AUTH_MIN_LEVEL_CLAIM", "logs.min_level"),
+        "auth_attribute_claims": env.parse("AUTH_ATTRIBUTE_CLAIMS", (), _attribute_claims,
+                                           "a comma-separated list of attribute=claim, e.g. seller.id=seller_id"),
+        "auth_all_logs_claim": claim("AUTH_ALL_LOGS_CLAIM", "logs.all"),
+        "auth_write_claim": claim("AUTH_WRITE_CLAIM", "logs.write"),
+        "metrics_token": env.parse("METRICS_TOKEN", None, _token, "at least 16 characters without spaces",
+                                   secret=True),
+    }
+
+
+def _jwks_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
+        raise ValueError(raw)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(raw) from None
+    return raw
+
+
+def _jwt_secret(raw: str) -> str:
+    if len(raw.encode()) < 32:
+        raise ValueError("secret")
+    return raw
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not names:
+        raise ValueError(raw)
+    return names
+
+
+def _claim_name(raw: str) -> str:
+    if not _CLAIM.match(raw):
+        raise ValueError(raw)
+    return raw
+
+
+def _attribute_claims(raw: str) -> tuple[tuple[str, str], ...]:
+    """``seller.id=seller_id, region=tenant.region``: the attribute a token's claim binds."""
+    pairs = []
+    for part in raw.split(","):
+        path, equals, claim = (piece.strip() for piece in part.partition("="))
+        if not part.strip():
+            continue
+        if not equals or not path or len(path) > 200 or any(c.isspace() for c in path) \
+                or not _CLAIM.match(claim):
+            raise ValueError(raw)
+        pairs.append((path, claim))
+    if not pairs or len({path for path, _ in pairs}) != len(pairs):
+        raise ValueError(raw)
+    return tuple(pairs)
 
 
 def _brokers(raw: str) -> tuple[str, ...]:

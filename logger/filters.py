@@ -115,6 +115,44 @@ class Filter:
             return False
         return all(_attribute_text(record.attributes, path) == value for path, value in self.attributes)
 
+    def narrowed_by(self, scope: Filter) -> Filter:
+        """This filter AND ``scope``: what a client sees when it asks for ``self`` and its
+        token allows ``scope`` (issue 14). Pure; hub groups are keyed by the result, so
+        clients of one scope asking the same thing still share one encoding per batch.
+
+        One filter holds one condition of each kind, so two that cannot both hold raise
+        :class:`FilterError` (services with nothing in common, one attribute bound to two
+        values, two different texts or regexes): asking for something the scope excludes
+        is refused rather than answered with silence.
+        """
+        if scope.everything or scope == self:
+            return self
+        services = self.services
+        if scope.services:
+            services = self.services & scope.services if self.services else scope.services
+            if not services:
+                raise FilterError("none of the services asked for is in this token's scope: "
+                                  + ", ".join(sorted(scope.services)))
+        attributes = dict(self.attributes)
+        for path, value in scope.attributes:
+            if attributes.setdefault(path, value) != value:
+                raise FilterError(f"attribute {path} is bound to {value!r} by this token's scope")
+        for name, mine, theirs in (("q", self.text, scope.text), ("regex", self.pattern, scope.pattern)):
+            if mine and theirs and mine != theirs:
+                raise FilterError(f"{name} is set by this token's scope")
+        regex, pattern = (self.regex, self.pattern) if self.pattern else (scope.regex, scope.pattern)
+        return Filter(min_severity=max(self.min_severity, scope.min_severity), services=services,
+                      text=self.text or scope.text, regex=regex, pattern=pattern,
+                      attributes=tuple(sorted(attributes.items())))
+
+    def within(self, other: Filter) -> bool:
+        """Every record this filter lets through, ``other`` lets through too (judged by the
+        conditions, conservatively): a refreshed token's scope must be within the old one."""
+        return (other.min_severity <= self.min_severity
+                and (not other.services or (bool(self.services) and self.services <= other.services))
+                and set(other.attributes) <= set(self.attributes)
+                and other.text in ("", self.text) and other.pattern in ("", self.pattern))
+
     def describe(self) -> dict[str, Any]:
         """The filter as the client sees it in ``subscribed``."""
         out: dict[str, Any] = {}

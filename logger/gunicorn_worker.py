@@ -36,12 +36,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import orjson
 from gevent.pywsgi import MAX_REQUEST_LINE, Input
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIHandler
 
 from logger import metrics
+from logger.auth import SUBPROTOCOL, AuthError, scrub_text, scrubbed, scrubbed_headers
 from logger.config import Settings
 from logger.handshake import HandshakeError, check_upgrade, wants_websocket
 from logger.hub import WS_PATH, Refusal, Subscription
@@ -118,8 +120,25 @@ class UpgradeHandler(WebSocketHandler):
         service = self.service
         return service.settings if service is not None else _DEFAULT_SETTINGS
 
-    # Gunicorn's access log, not gevent-websocket's own logger.
-    log_request = PyWSGIHandler.log_request
+    def log_request(self) -> None:
+        """Gunicorn's access log (not gevent-websocket's own logger), with no token in it:
+        Gunicorn's atoms include the request line, the query, every request header and the
+        whole environ, and ``?access_token=`` or ``Authorization`` would land in all of them."""
+        environ, headers = self.environ, getattr(self, "headers", None)
+        if environ is not None:
+            self.environ = scrubbed(environ)
+        if headers is not None:
+            self.headers = dict(scrubbed_headers(list(headers.items())))
+        try:
+            PyWSGIHandler.log_request(self)
+        finally:
+            self.environ = environ
+            if headers is not None:
+                self.headers = headers
+
+    def log_error(self, msg: str, *args: Any) -> None:
+        # pywsgi quotes a bad request line, query string included, in its error lines.
+        super().log_error(scrub_text(msg % args if args else msg))
 
     def read_requestline(self) -> str:
         # pywsgi waits for the next request on a keep-alive connection forever
@@ -211,9 +230,26 @@ class UpgradeHandler(WebSocketHandler):
             self._subscription = service.hub.admit(self.environ)
         except Refusal as refusal:
             return self._refuse(refusal.status, refusal.reason)
+        except AuthError as error:
+            _count_refusal("auth")
+            return self._refuse(error.status_line, error.reason, tuple(error.headers()), as_json=True)
         # gevent-websocket 0.10.1 compares the whole header with "websocket", not its tokens.
         self.environ["HTTP_UPGRADE"] = "websocket"
+        if self._subscription.subprotocol:
+            self._answer_subprotocol()
         return super().upgrade_websocket()
+
+    def _answer_subprotocol(self) -> None:
+        """Answer ``Sec-WebSocket-Protocol: logger.v1`` with the 101, never the ``bearer.``
+        value beside it. (gevent-websocket would answer only an ``app_protocol`` of the app,
+        found by a substring test on the header.)"""
+        start_response = self.start_response
+
+        def with_subprotocol(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if status.startswith("101"):
+                headers = [*headers, ("Sec-WebSocket-Protocol", SUBPROTOCOL)]
+            return start_response(status, headers, exc_info)
+        self.start_response = with_subprotocol
 
     def run_websocket(self) -> None:
         """After the 101: the hub takes the connection, and this handler (its greenlet,
@@ -225,13 +261,17 @@ class UpgradeHandler(WebSocketHandler):
         self.environ["wsgi.websocket"] = None
         service.hub.connect(sock, self.environ.get("REMOTE_ADDR", ""), self._subscription, initial)
 
-    def _refuse(self, status: str, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
+    def _refuse(self, status: str, reason: str, headers: tuple[tuple[str, str], ...] = (),
+                as_json: bool = False) -> list[bytes]:
         # One line, never the query string (it may carry a token).
         log.info("refused a WebSocket upgrade from %s: %s (%s)", self.environ.get("REMOTE_ADDR"), reason,
                  status[:3])
-        body = reason.encode() + b"\n"
-        self.start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                                     ("Content-Length", str(len(body))), *headers])
+        if as_json:  # what /api/session answers too: {"error": ...}
+            body, content_type = orjson.dumps({"error": reason}) + b"\n", "application/json"
+        else:
+            body, content_type = reason.encode() + b"\n", "text/plain; charset=utf-8"
+        self.start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                                     *headers])
         return [body]
 
 

@@ -9,13 +9,22 @@ a replay goes out a few hundred records at a time as the client reads it
 (``WebSocketConnection.replay``), so a client that never reads costs one chunk.
 
 The hub admits or refuses upgrades (before the 101, see ``gunicorn_worker.py``),
-answers client messages (subscribe, pause, resume, ping), counts the batches
+answers client messages (subscribe, pause, resume, ping, auth), counts the batches
 slow clients lose and tells each one how many once it caught up (``dropped``;
 the hub is each connection's ``ws_transport.Owner``), pings idle clients, and
 closes everyone with 1001 on shutdown. Nothing here blocks: broadcast runs in
 the tail reader's greenlet, messages in gevent's hub, and neither yields while
 it walks the clients, so a filter change or a replay always lands between
 two batches.
+
+With authentication on (issue 14), ``authorize`` turns the upgrade into a
+:class:`~logger.auth.Grant` once per connection; its scope is ANDed with every
+filter the client asks for (at connect, on ``subscribe``, for ``?tail=`` and
+``?since=``), so groups are keyed by the *effective* filter and the fan-out
+costs what it did, one encoding per distinct filter. Token expiry is one heap
+(:class:`~logger.auth.Deadlines`) swept by the keepalive tick, not a timer per
+client; an ``auth`` message with a fresh token is checked in a greenlet of its
+own (it may wait for a JWKS refresh), one at a time per client.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -34,13 +43,14 @@ from gevent.event import Event
 
 import logger
 from logger import metrics
+from logger.auth import SUBPROTOCOL, AuthError, Authorize, Deadlines, Grant, describe_scope, offered_protocols
 from logger.config import Settings
 from logger.filters import EVERYTHING, Filter, FilterError
 from logger.memory import release_freed_memory
 from logger.records import LogRecord
 from logger.replay import Gap, Partition, ReplayRing, parse_positions
 from logger.status import Counts
-from logger.ws_protocol import GOING_AWAY, INTERNAL_ERROR, OP_PING, encode_frame
+from logger.ws_protocol import GOING_AWAY, INTERNAL_ERROR, OP_PING, POLICY_VIOLATION, encode_frame
 from logger.ws_transport import WebSocketConnection
 
 log = logging.getLogger(__name__)
@@ -59,11 +69,14 @@ class Refusal(Exception):
 
 @dataclass(frozen=True)
 class Subscription:
-    """What a client asked for when it connected."""
+    """What a client asked for when it connected: ``filter`` is the effective one (already
+    narrowed by the grant's scope); ``subprotocol``: it offered ``logger.v1``, answered so."""
 
     filter: Filter = EVERYTHING
     tail: int = 0
     since: dict[Partition, int] | None = None
+    grant: Grant | None = None
+    subprotocol: bool = False
 
     @classmethod
     def from_query_string(cls, query_string: str, max_tail: int) -> Subscription:
@@ -92,8 +105,11 @@ class Subscription:
 
 
 class Hub:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, authorize: Authorize | None = None) -> None:
         self.settings = settings
+        self.authorize = authorize  # None: auth is off, everyone sees everything
+        self._deadlines = Deadlines()
+        self._authorizing: set[WebSocketConnection] = set()  # an auth message is being checked
         self._clients: set[WebSocketConnection] = set()
         self._groups: dict[Filter, set[WebSocketConnection]] = {}
         self._regex_groups = 0  # groups whose filter has a regex
@@ -101,7 +117,8 @@ class Hub:
         # Counted once, shown in /health ("hub") and, where Prometheus has the series, there too.
         self.counters = Counts({"records_delivered": metrics.RECORDS_DELIVERED, "batches_sent": metrics.BATCHES_SENT,
                                 "bytes_sent": metrics.BYTES_SENT,
-                                "closed_unresponsive": metrics.CLIENTS_CLOSED.labels("unresponsive")})
+                                "closed_unresponsive": metrics.CLIENTS_CLOSED.labels("unresponsive"),
+                                "closed_expired": metrics.CLIENTS_CLOSED.labels("token_expired")})
         self.accepting = True
         self.listening_since: float | None = None  # time.time() since when there has been a client
         self._freed_backlogs = False  # a client with a backlog left since the last malloc_trim
@@ -128,6 +145,7 @@ class Hub:
             raise Refusal("403 Forbidden", f"origin {origin!r} is not allowed")
         if not self.accepting:
             raise Refusal("503 Service Unavailable", "server is shutting down")
+        grant = self._authorize(environ)  # AuthError: 401 or 403
         if len(self._clients) >= self.settings.max_clients:
             self.counters.add("refused_full")
             raise Refusal("503 Service Unavailable", f"this worker already has {len(self._clients)} clients")
@@ -137,10 +155,28 @@ class Hub:
         except Refusal:
             self.counters.add("refused_bad_request")
             raise
+        if grant is not None:
+            try:
+                subscription = replace(subscription, filter=subscription.filter.narrowed_by(grant.scope),
+                                       grant=grant)
+            except FilterError as exc:
+                self.counters.add("refused_auth")
+                raise AuthError.forbidden(str(exc)) from None
+        if SUBPROTOCOL in offered_protocols(environ):
+            subscription = replace(subscription, subprotocol=True)
         if not self._room_for(subscription.filter):
             self.counters.add("refused_regex")
             raise Refusal("503 Service Unavailable", self._no_room)
         return subscription
+
+    def _authorize(self, environ: dict[str, Any]) -> Grant | None:
+        if self.authorize is None:
+            return None
+        try:
+            return self.authorize(environ)
+        except AuthError:
+            self.counters.add("refused_auth")
+            raise
 
     @property
     def _no_room(self) -> str:
@@ -174,11 +210,12 @@ class Hub:
         it gets is the one after the last replayed record: no gap, no duplicate.
         """
         subscription = subscription or Subscription()
+        client.grant = subscription.grant
         client.send(_message_frame({
             "type": "hello", "server": "logger-service", "version": logger.__version__,
             "topic": self.settings.kafka_topic, "worker": os.getpid(),
             "ping_interval_s": self.settings.ping_interval_s, "positions": self.ring.positions(),
-            "filter": subscription.filter.describe(),
+            "filter": subscription.filter.describe(), **_auth_of(client),
         }), droppable=False)
         if subscription.since is not None:
             replay, gaps = self.ring.since(subscription.filter, subscription.since)
@@ -195,6 +232,7 @@ class Hub:
             self.listening_since = time.time()
         self._clients.add(client)
         self._join(client, subscription.filter)
+        self._expire_at(client, client.grant)
         self.counters.add("connections")
         metrics.CLIENTS.set(len(self._clients))
         client.start(self, initial)
@@ -206,6 +244,20 @@ class Hub:
             self._groups[wanted] = set()
             self._regex_groups += wanted.regex is not None
         self._groups[wanted].add(client)
+
+    def _expire_at(self, client: WebSocketConnection, grant: Grant | None) -> None:
+        """Close this client when its token expires (with the leeway it was checked with)."""
+        if grant is None or grant.expires_at is None:
+            return
+        self._deadlines.add(client, grant, grant.expires_at + self.settings.auth_leeway_s)
+        if len(self._deadlines) > 2 * len(self._clients) + 1000:  # many refreshes: drop the stale entries
+            self._deadlines.compact(_current_grant)
+
+    def _close_expired(self) -> None:
+        for client in self._deadlines.due(time.time(), _current_grant):
+            if not client.closing:
+                self.counters.add("closed_expired")
+                client.close(POLICY_VIOLATION, "token expired")
 
     def _leave(self, client: WebSocketConnection) -> None:
         members = self._groups.get(client.subscription)
@@ -252,12 +304,16 @@ class Hub:
         if kind == "subscribe":
             try:
                 wanted = Filter.from_message(message)
+                if client.grant is not None:
+                    wanted = wanted.narrowed_by(client.grant.scope)
             except FilterError as exc:
                 return self._reply(client, {"type": "error", "error": str(exc)})
             if not self._room_for(wanted, client):
                 return self._reply(client, {"type": "error", "error": self._no_room})
             self._join(client, wanted)
-            return self._reply(client, {"type": "subscribed", "filter": wanted.describe()})
+            return self._reply(client, {"type": "subscribed", "filter": wanted.describe(), **_auth_of(client)})
+        if kind == "auth":
+            return self._refresh_auth(client, message.get("token"))
         if kind == "pause":
             client.pause()
             return self._reply(client, {"type": "paused"})
@@ -273,6 +329,51 @@ class Hub:
     @staticmethod
     def _reply(client: WebSocketConnection, message: dict[str, Any]) -> None:
         client.send(_message_frame(message), droppable=False)
+
+    def _refresh_auth(self, client: WebSocketConnection, token: Any) -> None:
+        """``{"type":"auth","token":…}``: checked in a greenlet (the JWKS may need a refresh),
+        at most one at a time per client, so a flood of them costs one check at a time."""
+        if self.authorize is None or client.grant is None:
+            return self._reply(client, {"type": "error", "error": "authentication is off on this server"})
+        if not isinstance(token, str) or not token:
+            return self._reply(client, {"type": "error", "error": "auth needs a token (a string)"})
+        if client in self._authorizing:
+            return self._reply(client, {"type": "error", "error": "the previous auth message is still being checked"})
+        self._authorizing.add(client)
+        gevent.spawn(self._reauthorize, client, token)
+
+    def _reauthorize(self, client: WebSocketConnection, token: str) -> None:
+        """Swap the client's grant for the fresh token's, which may not widen its scope;
+        on any refusal the connection keeps its old grant and deadline."""
+        try:
+            # authorize() gets what an upgrade carrying only this token would: the default
+            # verifier reads it, and a custom authorize can tell with "logger.auth_refresh".
+            grant = self.authorize({"REQUEST_METHOD": "GET", "PATH_INFO": WS_PATH,  # type: ignore[misc]
+                                    "HTTP_AUTHORIZATION": f"Bearer {token}", "logger.auth_refresh": True})
+            current = client.grant
+            assert current is not None  # checked by _refresh_auth; grants are never removed
+            if grant.subject != current.subject:
+                raise AuthError.forbidden("the new token is for another subject")
+            if not grant.scope.within(current.scope):
+                raise AuthError.forbidden("the new token's scope is wider than this connection's")
+            wanted = client.subscription.narrowed_by(grant.scope)
+            if not self._room_for(wanted, client):
+                raise FilterError(self._no_room)
+        except (AuthError, FilterError) as exc:
+            return self._reply(client, {"type": "error", "error": f"auth refused: {exc}"})
+        except Exception:
+            log.exception("checking an auth message failed")
+            return self._reply(client, {"type": "error", "error": "auth refused: the token could not be checked"})
+        finally:
+            self._authorizing.discard(client)
+        if client.closing:
+            return
+        if wanted != client.subscription:
+            self._join(client, wanted)
+        client.grant = grant
+        self._expire_at(client, grant)
+        self._reply(client, {"type": "authenticated", "subject": grant.subject, "expires_at": grant.expires_at,
+                             "scope": describe_scope(grant.scope)})
 
     # -- fan-out --------------------------------------------------------------------
 
@@ -327,6 +428,7 @@ class Hub:
             if pinging:
                 next_ping = now + interval
             silent_since = now - 2 * interval
+            self._close_expired()
             for client in tuple(self._clients):
                 if client.last_seen < silent_since and not client.closing:
                     self.counters.add("closed_unresponsive")
@@ -382,6 +484,15 @@ def own_page(origin: str, environ: dict[str, Any], allowed_hosts: Sequence[str])
         return False
     default = DEFAULT_PORTS[scheme] if scheme in DEFAULT_PORTS else None
     return served.hostname == page.hostname and (served_port or default) == (page_port or default)
+
+
+def _current_grant(client: WebSocketConnection) -> Grant | None:
+    return client.grant
+
+
+def _auth_of(client: WebSocketConnection) -> dict[str, Any]:
+    """The ``auth`` member of ``hello`` and ``subscribed`` (none when auth is off)."""
+    return {"auth": client.grant.describe()} if client.grant is not None else {}
 
 
 def _replay_frames(records: list[LogRecord]) -> Iterator[bytes]:

@@ -22,6 +22,7 @@ from gevent.event import Event
 
 import logger
 from logger import metrics
+from logger.auth import Authorize, TokenVerifier
 from logger.config import Settings
 from logger.hub import Hub
 from logger.kafka_sink import KafkaPublisher
@@ -43,9 +44,12 @@ MIN_WAIT_S = 0.1  # no step gets less, however late it starts
 
 
 class LogService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, authorize: Authorize | None = None) -> None:
         self.settings = settings
-        self.hub = Hub(settings)
+        # With AUTH_JWKS_URL or AUTH_JWT_SECRET, tokens are checked (issue 14); a team's own
+        # authorize (create_app(authorize=...)) replaces that check, and may call it.
+        self.verifier = TokenVerifier(settings) if settings.auth_enabled else None
+        self.hub = Hub(settings, authorize or (self.verifier.authorize if self.verifier else None))
         self.started_at = time.time()
         self.tail = ComponentStatus("kafka tail reader", STARTING if settings.tail_enabled else DISABLED,
                                     exported=metrics.reader_counters("tail"))
@@ -88,6 +92,11 @@ class LogService:
                                    self._dead_letter if settings.dead_letter_topic else None)
             self._run(reader)
         self._keepalive = gevent.spawn(self.hub.keepalive, self._stop)
+        if self.verifier is not None:
+            self.verifier.start()
+        if self.hub.authorize is None:
+            log.warning("authentication is off: anyone who can reach this port reads every log "
+                        "(set AUTH_JWKS_URL or AUTH_JWT_SECRET; README, Authentication)")
         log.info("pipeline started: topic %r, brokers %s, tail %s, forward %s to %s", settings.kafka_topic,
                  ",".join(settings.kafka_brokers), "on" if settings.tail_enabled else "off",
                  "on" if settings.forward_enabled else "off", settings.otlp_endpoint)
@@ -151,10 +160,20 @@ class LogService:
             self._sink.shutdown()
         if self._keepalive is not None:
             self._keepalive.kill(block=False)
+        if self.verifier is not None:
+            self.verifier.stop()
         if self._publisher is not None:
             self._publisher.close()
         self.hub.close_all(timeout=max(min(deadline - time.monotonic(), CLIENTS_CLOSE_S), MIN_WAIT_S))
         log.info("drained in %.2fs", timeout - (deadline - time.monotonic()))
+
+    @property
+    def auth_mode(self) -> str:
+        """``/health``'s ``auth``: "off", "jwt" (tokens checked, maybe inside a custom
+        authorize), or "custom" (only the team's own authorize)."""
+        if self.hub.authorize is None:
+            return "off"
+        return "jwt" if self.verifier is not None else "custom"
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
         """Ready for traffic: each enabled reader has joined or assigned its partitions,
@@ -178,6 +197,7 @@ class LogService:
         return {
             "status": "ok" if healthy else DEGRADED,
             "version": logger.__version__,
+            "auth": self.auth_mode,
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "worker": os.getpid(),
             "clients": sum(by_worker.values()),  # every worker's: the server's client count

@@ -126,7 +126,7 @@ class WebSocketConnection:
     # __slots__ keeps an idle connection small: 10,000 of them is the design point.
     __slots__ = ("sock", "_raw", "address", "protocol", "max_pending", "stall_timeout_s", "last_seen", "dropped",
                  "_backlog", "_hold", "_unhandled", "_watcher", "_owner", "had_backlog", "subscription",
-                 "__weakref__")
+                 "grant", "__weakref__")
 
     def __init__(self, sock: socket.socket, address: str = "", *, max_pending: int = 4 << 20,
                  max_message_bytes: int = 64 << 10, max_fragments: int = 128,
@@ -148,6 +148,7 @@ class WebSocketConnection:
         self._owner: Owner | None = None
         self.had_backlog = False  # ever needed a writer: its frames' memory is worth giving back
         self.subscription: Any = None  # what the hub filters for this client
+        self.grant: Any = None  # what its token allows (logger.auth.Grant), when auth is on
 
     @property
     def closing(self) -> bool:

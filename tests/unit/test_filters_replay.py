@@ -629,3 +629,63 @@ def test_keepalive_pings_at_the_interval_exactly_and_closes_after_two_silent_int
     client.last_seen = clock[0]  # it answered; the quiet one did not
     hub.keepalive(SteppingStop(clock, 11))  # 21 s after it was last heard from: > 2 intervals
     assert quiet.closed_with == (1011, "keepalive ping timeout") and client.closed_with is None
+
+
+SELLER_SCOPE = Filter(services=frozenset({"orders", "payments"}), attributes=(("seller.id", "s-42"),))
+
+
+@pytest.mark.parametrize("asked, effective", [
+    ({}, {"service": ["orders", "payments"], "attributes": {"seller.id": "s-42"}}),
+    ({"service": ["orders", "billing"], "level": ["warn"], "q": ["Timeout"]},
+     {"service": ["orders"], "level": "warn", "q": "timeout", "attributes": {"seller.id": "s-42"}}),
+    ({"attr.seller.id": ["s-42"], "attr.region": ["eu"], "regex": ["x+"]},
+     {"service": ["orders", "payments"], "regex": "x+", "attributes": {"region": "eu", "seller.id": "s-42"}}),
+])
+def test_a_scope_narrows_what_the_client_asks_for(asked, effective):
+    assert Filter.from_query(asked).narrowed_by(SELLER_SCOPE).describe() == effective
+
+
+def test_narrowing_is_an_and_of_both_filters():
+    scope = Filter(min_severity=13, services=frozenset({"orders"}), attributes=(("seller.id", "7"),))
+    asked = Filter.from_query({"level": ["info"], "q": ["paid"]})
+    effective = asked.narrowed_by(scope)
+    records = [rec(0, "warn", "orders", "paid", seller={"id": 7}), rec(1, "info", "orders", "paid", seller={"id": 7}),
+               rec(2, "error", "billing", "paid", seller={"id": 7}), rec(3, "warn", "orders", "paid", seller={"id": 8}),
+               rec(4, "warn", "orders", "unpaid", seller={"id": 7}), rec(5, "warn", "orders", "shipped",
+                                                                         seller={"id": 7})]
+    assert [r.offset for r in records if effective.matches(r)] == \
+        [r.offset for r in records if asked.matches(r) and scope.matches(r)] == [0, 4]
+
+
+def test_narrowing_by_everything_or_itself_is_the_same_filter_and_groups_stay_shared():
+    asked = Filter.from_query({"level": ["warn"]})
+    assert asked.narrowed_by(EVERYTHING) is asked
+    assert SELLER_SCOPE.narrowed_by(SELLER_SCOPE) is SELLER_SCOPE
+    assert EVERYTHING.narrowed_by(SELLER_SCOPE) == SELLER_SCOPE
+    # Two clients of one scope asking the same thing end in one group (one encoding per batch).
+    assert hash(asked.narrowed_by(SELLER_SCOPE)) == hash(Filter.from_query({"level": ["warn"]}).narrowed_by(
+        Filter(services=frozenset({"payments", "orders"}), attributes=(("seller.id", "s-42"),))))
+
+
+@pytest.mark.parametrize("asked, reason", [
+    ({"service": ["billing"]}, "none of the services asked for is in this token's scope"),
+    ({"attr.seller.id": ["s-1"]}, "attribute seller.id is bound to 's-42'"),
+])
+def test_asking_for_what_the_scope_excludes_is_an_error_not_a_wider_view(asked, reason):
+    with pytest.raises(FilterError, match=reason):
+        Filter.from_query(asked).narrowed_by(SELLER_SCOPE)
+
+
+@pytest.mark.parametrize("narrower, wider, within", [
+    (SELLER_SCOPE, SELLER_SCOPE, True),
+    (SELLER_SCOPE, EVERYTHING, True),
+    (EVERYTHING, SELLER_SCOPE, False),
+    (Filter(services=frozenset({"orders"}), attributes=(("seller.id", "s-42"),)), SELLER_SCOPE, True),
+    (Filter(services=frozenset({"orders", "billing"}), attributes=(("seller.id", "s-42"),)), SELLER_SCOPE, False),
+    (Filter(services=frozenset({"orders"})), SELLER_SCOPE, False),  # lost the seller condition
+    (Filter(services=frozenset({"orders"}), attributes=(("seller.id", "s-1"),)), SELLER_SCOPE, False),
+    (Filter(min_severity=17, services=frozenset({"orders"})), Filter(min_severity=13), True),
+    (Filter(min_severity=9), Filter(min_severity=13), False),
+])
+def test_within_tells_whether_a_scope_is_no_wider(narrower, wider, within):
+    assert narrower.within(wider) is within
