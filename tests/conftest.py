@@ -44,7 +44,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             tool_missing(mark.kwargs["reason"])
 
 
-_ENV_PREFIXES = ("KAFKA_", "OTLP_", "OTEL_", "FRONTEND_", "TAIL_", "FORWARD_", "WS_", "PORT", "LOG_LEVEL")
+_ENV_PREFIXES = ("KAFKA_", "OTLP_", "OTEL_", "FRONTEND_", "TAIL_", "FORWARD_", "WS_", "PORT", "LOG_LEVEL", "AUTH_",
+                 "METRICS_TOKEN")
 
 
 @pytest.fixture(autouse=True)
@@ -118,13 +119,14 @@ def readers_ok(health: dict[str, Any]) -> bool:
 class LiveClient:
     """A /ws client on a background thread that records every message and the close code."""
 
-    def __init__(self, url: str, origin: str | None = None, timeout: float = 10.0) -> None:
-        options: dict[str, Any] = {"origin": origin} if origin else {"suppress_origin": True}
+    def __init__(self, url: str, origin: str | None = None, timeout: float = 10.0, **options: Any) -> None:
+        options.update({"origin": origin} if origin else {"suppress_origin": True})  # header=, subprotocols=
         self.ws = websocket.create_connection(url, timeout=timeout, **options)
         self.ws.settimeout(None)  # an idle stream is not an error; close() ends the reader
         self.messages: list[dict[str, Any]] = []
         self.received_at: list[float] = []  # time.time() of each message's arrival
         self.close_code: int | None = None
+        self.close_reason = ""
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -134,6 +136,7 @@ class LiveClient:
                 opcode, data = self.ws.recv_data(control_frame=True)
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
                     self.close_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+                    self.close_reason = data[2:].decode(errors="replace")
                     return
                 if opcode == websocket.ABNF.OPCODE_TEXT:
                     self.received_at.append(time.time())
@@ -170,8 +173,8 @@ class LiveClient:
 def ws_client() -> Iterator[Callable[..., LiveClient]]:
     clients: list[LiveClient] = []
 
-    def connect(url: str, origin: str | None = None) -> LiveClient:
-        client = LiveClient(url, origin)
+    def connect(url: str, origin: str | None = None, **options: Any) -> LiveClient:
+        client = LiveClient(url, origin, **options)
         clients.append(client)
         return client
     yield connect
