@@ -24,7 +24,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, redirect, request, send_from_directory
 
 STATIC = Path(__file__).resolve().parent / "static" / "viewer"
-ASSETS = frozenset({"viewer.css", "viewer.js", "volume.js", "logtable.js", "favicon.svg"})
+ASSETS = frozenset({"viewer.css", "viewer.js", "volume.js", "logtable.js", "signin.js", "favicon.svg"})
 
 # 'self' in connect-src covers ws:/wss: to the same host (CSP Level 3).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "

@@ -32,6 +32,7 @@ import pytest
 from devstack.kafka import KafkaBroker
 from devstack.ports import free_port
 from devstack.service import ROOT, ServiceProcess
+from tests.auth_keys import AUDIENCE, ISSUER, SECRET, hs256
 from tests.conftest import produce
 
 try:
@@ -244,8 +245,8 @@ def test_page_loads_clean_shows_records_and_expands_them(viewer: Callable[..., V
     assert page.locator("main table thead th").all_inner_texts() == ["TIME", "LEVEL", "SERVICE", "MESSAGE"]
 
     paths = sorted({urlsplit(url).path for url in v.requests})
-    assert paths == ["/viewer", "/viewer/favicon.svg", "/viewer/logtable.js", "/viewer/viewer.css", "/viewer/viewer.js",
-                     "/viewer/volume.js"]
+    assert paths == ["/api/session", "/viewer", "/viewer/favicon.svg", "/viewer/logtable.js", "/viewer/signin.js",
+                     "/viewer/viewer.css", "/viewer/viewer.js", "/viewer/volume.js"]
     assert parse_qs(urlsplit(v.websockets[0]).query) == {"tail": ["100"]}
     v.check()
 
@@ -786,6 +787,160 @@ def test_dark_scheme_and_every_control_reached_by_the_keyboard(viewer: Callable[
     assert not missing, (missing, reached)
     for level in CHART_LEVELS:
         assert level in reached
+    v.check()
+
+
+# -- signing in (issue 14) ---------------------------------------------------------------------
+
+AUTH_ENV = {"AUTH_JWT_SECRET": SECRET, "AUTH_ISSUER": ISSUER, "AUTH_AUDIENCE": AUDIENCE}
+SELLER = {"sub": "seller-17", "logs.services": ["svc-1"]}
+ADMIN = {"sub": "admin-1", "logs.all": True}
+# What Chromium logs when api/session refuses a token (the page says it in its own words).
+REFUSED_CONSOLE = r"Failed to load resource: the server responded with a status of 40[13]"
+
+
+def sign_in(v: Viewer, token: str) -> None:
+    v.page.fill("#token", token)
+    v.page.locator("#signin button[type=submit]").click()
+
+
+def refusals(v: Viewer) -> list[str]:
+    """The page's requests answered 401/403 (expected in these tests), taken out of what check() sees."""
+    refused = [r for r in v.bad_responses if r.startswith(("401 ", "403 "))]
+    v.bad_responses[:] = [r for r in v.bad_responses if r not in refused]
+    return refused
+
+
+def test_signs_in_from_the_url_fragment_and_sees_its_scope_only(viewer: Callable[..., Viewer]) -> None:
+    v = viewer(ACCESS_LOG="true", **AUTH_ENV)
+    token = hs256(**SELLER)
+    v.page.goto(f"http://{v.origin}/viewer?tail=10#access_token={token}&token_type=Bearer")
+    v.wait_state("live")
+    # The fragment is gone from the address bar (and so from a copied link), the rest stays.
+    assert "#" not in v.page.url and "access_token" not in v.page.url
+    assert parse_qs(urlsplit(v.page.url).query)["tail"] == ["10"]
+    expect(v.page.locator("#session")).to_be_visible()
+    expect(v.page.locator("#session-who")).to_have_text("seller-17")
+    expect(v.page.locator("#session-scope")).to_have_text("service svc-1")
+    expect(v.page.locator("#session-until")).to_contain_text("until ")
+    expect(v.page.locator("#signin")).to_be_hidden()
+    # The effective filter: nothing asked, the token's scope applied by the server.
+    expect(v.page.locator("#active-filter")).to_have_text("Filter: service svc-1")
+    hello = next(m for m in v.received if m["type"] == "hello")
+    assert hello["auth"]["subject"] == "seller-17" and hello["filter"] == {"service": ["svc-1"]}
+    assert not subscribes(v)  # the page asked for nothing more than it had
+    # The token went as the subprotocol (the WebSocket URL has none) and to api/session as a header.
+    assert all("access_token" not in url and token not in url for url in v.requests + v.websockets)
+    assert parse_qs(urlsplit(v.websockets[0]).query) == {"tail": ["10"]}
+
+    v.produce(0, 9)  # services svc-0, svc-1, svc-2 in turn: 1, 4 and 7 are svc-1's
+    v.wait_rows(3)
+    assert v.seqs() == [1, 4, 7]
+    expect(v.page.locator("#count-received")).to_have_text("3")
+
+    # Kept for the tab: a reload is still signed in, with no fragment.
+    assert v.page.evaluate("sessionStorage.getItem('logger-service.token')") == token
+    v.page.reload()
+    v.wait_state("live")
+    expect(v.page.locator("#session-who")).to_have_text("seller-17")
+    # Sign out: the connection closes and the page asks for a token.
+    v.page.locator("#sign-out").click()
+    v.wait_state("signin")
+    expect(v.page.locator("#signin-message")).to_contain_text("Signed out")
+    assert v.page.evaluate("sessionStorage.getItem('logger-service.token')") is None
+
+    # No server log line carries the token, nor its signature alone.
+    log = v.service.log_text()
+    assert "/api/session" in log and "/ws" in log  # access lines were written
+    assert token not in log and token.rsplit(".", 1)[1] not in log
+    v.check()
+
+
+def test_a_token_the_server_refuses_is_named_and_a_valid_one_signs_in(viewer: Callable[..., Viewer]) -> None:
+    v = viewer(**AUTH_ENV)
+    forged = hs256(secret="not-the-server-secret-but-32-chars-long", **ADMIN)
+    v.page.goto(f"http://{v.origin}/viewer#access_token={forged}")
+    v.wait_state("signin")
+    message = v.page.locator("#signin-message")
+    expect(message).to_have_text("Not signed in: the server did not accept this token (bad signature). "
+                                 "Paste a valid one.")
+    expect(v.page.locator("#token")).to_be_focused()
+    expect(v.page.locator("#session")).to_be_hidden()
+    assert v.websockets == []  # no connection tried with a token known to be refused
+    assert refusals(v) == [f"401 http://{v.origin}/api/session"]
+
+    sign_in(v, hs256(**ADMIN))
+    v.wait_state("live")
+    expect(v.page.locator("#signin")).to_be_hidden()
+    expect(v.page.locator("#session-who")).to_have_text("admin-1")
+    expect(v.page.locator("#session-scope")).to_have_text("all logs")
+    expect(v.page.locator("#active-filter")).to_have_text("Filter: everything")
+    v.produce(0, 3)
+    v.wait_rows(3)
+    v.check(allowed_console=REFUSED_CONSOLE)
+
+
+def test_no_token_or_one_without_scope_is_told_what_is_missing(viewer: Callable[..., Viewer]) -> None:
+    v = viewer(**AUTH_ENV)
+    v.open(state="signin")
+    message = v.page.locator("#signin-message")
+    expect(message).to_contain_text("Sign in to see the logs: paste an access token")
+    expect(v.page.locator("#status-text")).to_have_text("Sign-in needed")
+
+    sign_in(v, hs256(sub="nobody"))  # valid, but no scope claim
+    expect(message).to_have_text("Not allowed: this token is valid but grants no logs here "
+                                 "(token grants no logs (no scope claim)). Paste a token that does.")
+    expect(v.page.locator("#token")).to_have_attribute("aria-invalid", "true")
+    v.wait_state("signin")
+    assert v.websockets == []
+    assert refusals(v) == [f"401 http://{v.origin}/api/session", f"403 http://{v.origin}/api/session"]
+    v.check(allowed_console=REFUSED_CONSOLE)
+
+
+def test_a_token_renewed_before_expiry_keeps_the_connection_and_an_expired_one_closes_it(
+        viewer: Callable[..., Viewer]) -> None:
+    v = viewer(AUTH_LEEWAY_S="0", **AUTH_ENV)
+    short_ttl = 4
+    v.page.goto(f"http://{v.origin}/viewer?tail=0#access_token={hs256(ttl=short_ttl, **SELLER)}")
+    v.wait_state("live")
+    opened_at = time.time()
+    # Less than a minute left: the page asks for a fresh token and keeps going meanwhile.
+    message = v.page.locator("#signin-message")
+    expect(message).to_contain_text("Your sign-in expires at")
+    expect(v.page.locator("#token")).not_to_be_focused()  # asked, not grabbed from the reader
+
+    # A fresh token for the same seller goes on the live connection, before the deadline.
+    fresh = hs256(ttl=300, **SELLER)
+    sign_in(v, fresh)
+    expect(v.page.locator("#signin")).to_be_hidden()
+    deadline = time.monotonic() + 10
+    while not any(m["type"] == "authenticated" for m in v.received):
+        assert time.monotonic() < deadline, v.received
+        v.page.wait_for_timeout(50)
+    assert {"type": "auth", "token": fresh} in v.sent
+    time.sleep(max(0.0, opened_at + short_ttl + 1.5 - time.time()))  # past the first token's end
+    v.wait_state("live", timeout=0.1)
+    assert len(v.websockets) == 1  # the same connection throughout
+    v.produce(0, 3)
+    v.wait_rows(1)
+
+    # A token that ends in 2 s, given on the live connection too, and not renewed: the server
+    # closes the connection (1008 "token expired") and the page says so and waits for a token.
+    v.page.locator("#session-change").click()
+    sign_in(v, hs256(ttl=2, **SELLER))
+    v.wait_state("signin", timeout=15)
+    expect(message).to_contain_text("Your token expired at")
+    expect(message).to_contain_text("the server closed the connection")
+    expect(v.page.locator("#rows tr.marker-lost")).to_have_text("Your token expired: the server closed the connection.")
+    v.page.wait_for_timeout(1500)
+    assert len(v.websockets) == 1  # not retried with the expired token
+
+    v.produce(3, 3)  # 4 is svc-1's, sent while signed out
+    sign_in(v, hs256(ttl=300, **SELLER))
+    v.wait_state("live")
+    assert parse_qs(urlsplit(v.websockets[-1]).query)["since"] == [f"{v.topic}:0:1"]  # resumed after seq 1
+    v.wait_rows(2)
+    assert v.seqs() == [1, 4]
     v.check()
 
 

@@ -57,7 +57,13 @@
     queryHad: { tail: false, filter: false },
     positions: new Map(),   // "topic:partition" -> offset: where to resume (?since=)
     seen: new Map(),        // "topic:partition" -> offset of the last record shown (duplicates)
-    active: {},             // the filter the server confirmed (hello, subscribed)
+    active: {},             // the filter in effect, as the server said (hello, subscribed): with
+                            // authentication on, what was asked AND what the token may see
+    asked: {},              // what this page asked for and the server took (the query, subscribe)
+    queryFilter: {},        // the filter in the query of the connection being opened
+    subscribingTo: null,    // the filter of the subscribe awaiting its answer
+    authPending: false,     // an auth message (a fresh token) awaits its answer
+    signedOut: false,       // no usable token: no connection until one is given
     attributes: attributeParams(), // attr.* conditions from the page URL
     shown: new Set(STACK),  // levels shown (see the top of this file)
     since: sinceParam(),    // positions from the page URL (?since=), kept in it
@@ -75,6 +81,7 @@
   let filterTimer = 0;
   let chart = null;
   let table = null;
+  let signin = null;
 
   // -- formatting ---------------------------------------------------------------------------
 
@@ -285,7 +292,7 @@
     clearTimeout(filterTimer);
     const wanted = desiredFilter();
     rememberFilterInPage(wanted);
-    if (sameFilter(wanted, state.active)) {
+    if (sameFilter(wanted, state.asked)) {
       state.subscribing = false;
       markFilterInvalid(false);
       showActiveFilter(); // the levels hidden here may have changed
@@ -297,6 +304,7 @@
 
   function sendSubscribe(f) {
     state.subscribing = true;
+    state.subscribingTo = f;
     send({ type: "subscribe", ...f });
     el.activeFilter.textContent = `Filter: ${describeFilter(f)} (applying…)`;
   }
@@ -321,7 +329,8 @@
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     url.hash = "";
     const query = new URLSearchParams();
-    if (!state.plainQuery) appendFilter(query, state.connections ? state.active : desiredFilter());
+    state.queryFilter = state.plainQuery ? {} : (state.connections ? state.asked : desiredFilter());
+    appendFilter(query, state.queryFilter);
     const filtered = [...query.keys()].length > 0;
     if (state.positions.size) {
       query.set("since", positionsText(state.positions));
@@ -341,7 +350,7 @@
     setStatus("connecting", state.connections ? "Reconnecting…" : "Connecting…");
     let ws;
     try {
-      ws = new WebSocket(wsUrl());
+      ws = new WebSocket(wsUrl(), signin.protocols());
     } catch (error) {
       notice("error", `Cannot open the WebSocket: ${error.message}`);
       return;
@@ -349,16 +358,24 @@
     state.ws = ws;
     state.gotHello = false;
     ws.onmessage = (event) => { if (state.ws === ws) onMessage(event.data); };
-    ws.onclose = (event) => { if (state.ws === ws) lost(event.code); };
+    ws.onclose = (event) => { if (state.ws === ws) lost(event.code, event.reason); };
     ws.onerror = () => {}; // a close event follows
   }
 
-  function lost(code) {
+  function lost(code, reason) {
     const wasLive = state.gotHello;
     state.ws = null;
     state.gotHello = false;
     state.serverPaused = false;
     state.pingSentAt = 0;
+    state.authPending = false;
+    if (code === 1008 && reason === "token expired") {
+      // Reconnecting with the same token would be refused: wait for a fresh one.
+      table.marker("lost", "Your token expired: the server closed the connection.");
+      signin.expired();
+      signedOut();
+      return;
+    }
     if (wasLive) table.marker("lost", `${closeReason(code)} (code ${code}).`);
     scheduleReconnect(wasLive ? closeReason(code) : "Cannot reach the server");
     if (!wasLive) probe(state.queryHad);
@@ -389,12 +406,64 @@
     connect();
   }
 
+  function closeQuietly() {
+    // This page closes its connection itself (a new token, signing out): no reconnect follows.
+    const ws = state.ws;
+    clearTimeout(state.retryTimer);
+    if (!ws) return;
+    ws.onmessage = ws.onclose = null;
+    try { ws.close(1000); } catch (_) { /* already closing */ }
+    state.ws = null;
+    state.gotHello = false;
+    state.serverPaused = false;
+    state.authPending = false;
+  }
+
+  function reopen(why) {
+    // A new connection now, resuming after the last record received (?since=).
+    if (state.gotHello) table.marker("lost", why);
+    closeQuietly();
+    state.signedOut = false;
+    reconnectNow();
+  }
+
+  function signedOut() {
+    // Waiting for a token (signin.js shows the form and says why).
+    closeQuietly();
+    state.signedOut = true;
+    el.reconnect.hidden = true;
+    setStatus("signin", "Sign-in needed");
+  }
+
+  function useNewToken() {
+    // A fresh token that api/session accepted: hand it to the live connection before the old
+    // one expires (answered with authenticated), or connect with it.
+    if (state.ws && state.gotHello) {
+      state.authPending = true;
+      send({ type: "auth", token: signin.token });
+    } else {
+      reopen("Connecting with the new token.");
+    }
+  }
+
+  function signOut() {
+    if (state.gotHello) table.marker("lost", "Signed out.");
+    signedOut();
+  }
+
   async function probe(had) {
     // An upgrade failed. If plain HTTP works, the server is up and refused it: a ?tail= larger
     // than it keeps (400), a filter it rejected (400), this page's origin (403) or a full or
     // stopping worker (503). Browsers do not tell which, so find out by elimination.
     if (state.probed >= 6) return;
     state.probed += 1;
+    if (signin.on || signin.token) {
+      // Refused for its token (401, 403)? Browsers do not tell; api/session does.
+      if (!(await signin.check())) {
+        signedOut();
+        return;
+      }
+    }
     let up = false;
     try {
       const response = await fetch(new URL("health", location.href), { cache: "no-store" });
@@ -463,6 +532,7 @@
       case "paused": state.serverPaused = true; showLiveStatus(); break;
       case "resumed": state.serverPaused = false; showLiveStatus(); break;
       case "pong": break;
+      case "authenticated": state.authPending = false; signin.show(message); break;
       case "error": onError(message); break;
       default: break; // newer servers may say more
     }
@@ -484,12 +554,14 @@
       if (!(state.positions.get(key) >= offset)) state.positions.set(key, offset);
     }
     state.active = hello.filter || {};
+    state.asked = state.queryFilter;
+    if (hello.auth) signin.show(hello.auth);
     showActiveFilter();
     el.serverInfo.textContent = `topic ${hello.topic} · worker ${hello.worker} · ${hello.server} ${hello.version}`;
     el.reconnect.hidden = true;
     if (reconnected) table.marker("connected", "Reconnected: continuing after the last record received.");
     const wanted = desiredFilter();
-    if (!sameFilter(wanted, state.active)) sendSubscribe(wanted);
+    if (!sameFilter(wanted, state.asked)) sendSubscribe(wanted);
     else state.subscribing = false;
     if (state.paused) send({ type: "pause" });
     showLiveStatus();
@@ -548,14 +620,24 @@
 
   function onSubscribed(message) {
     state.active = message.filter || {};
+    if (state.subscribingTo) state.asked = state.subscribingTo;
+    if (message.auth) signin.show(message.auth);
     state.subscribing = false;
+    state.subscribingTo = null;
     markFilterInvalid(false);
     showActiveFilter();
     table.marker("filter", `Filter changed: ${describeFilter(state.active)}.`);
   }
 
   function onError(message) {
-    if (state.subscribing) {
+    if (state.authPending && String(message.error).startsWith("auth refused")) {
+      // This connection keeps its old token (a new subject, or a wider scope, needs a new
+      // connection): api/session accepted the new one, so open one with it.
+      state.authPending = false;
+      notice("error", `The server kept this connection's old token (${message.error}); reconnecting with the new one.`);
+      reopen("Reconnecting with the new token.");
+    } else if (state.subscribing) {
+      state.subscribingTo = null;
       state.subscribing = false;
       markFilterInvalid(true);
       showActiveFilter();
@@ -777,6 +859,8 @@
   // -- start ----------------------------------------------------------------------------------
 
   function start() {
+    // First: it takes the token out of the address bar before this page rewrites its URL.
+    signin = new window.SignIn({ describe: describeFilter, onToken: useNewToken, onSignOut: signOut });
     table = new window.LogTable({
       maxRows: MAX_ROWS, isShown, levelOf: (record) => (LEVELS.includes(record.level) ? record.level : "unknown"),
       makeRow, makeDetails, makeMarker, onChange: updateCounters,
@@ -818,10 +902,11 @@
       el.pause.focus();
     });
     el.reconnect.addEventListener("click", reconnectNow);
-    window.addEventListener("online", reconnectNow);
+    window.addEventListener("online", () => { if (!state.signedOut) reconnectNow(); });
     setInterval(keepalive, 2000);
     updateCounters();
-    connect();
+    // With authentication on, a page without a usable token says so rather than fail to connect.
+    signin.check().then((ok) => (ok ? connect() : signedOut()));
   }
 
   start();
