@@ -23,6 +23,7 @@
   const MARKER_ESTIMATE_PX = 30;
   const DETAILS_ESTIMATE_PX = 240;
   const PAGE_ROWS = 10;        // Page Up, Page Down
+  const DATA_FRAME_MS = 250;   // new records are drawn at most this often (scrolling, keys: every frame)
   const BOTTOM_SLACK_PX = 8;   // this close to the end still counts as following
   const ROW = 0;
   const DETAILS = 1;
@@ -68,7 +69,10 @@
       this.follow = true;       // stay at the newest row
       this.unseen = 0;          // records added while not following
       this.removedAbove = 0;    // px of rows removed from the top since the last frame
+      this.added = 0;           // entries added since the last frame
       this.frame = 0;
+      this.dataTimer = 0;
+      this.lastRender = -Infinity;
       this.viewHeight = this.el.scroller.clientHeight;
       this.headHeight = this.el.head.offsetHeight;
 
@@ -108,15 +112,17 @@
                             expanded: false });
       }
       this.records += Math.min(items.length, this.maxRows);
+      this.added += items.length;
       if (!this.follow) this.unseen += items.length;
       this.trim();
-      this.schedule();
+      this.scheduleData();
     }
 
     marker(kind, text) {
       this.entries.push({ seq: this.nextSeq++, kind: "marker", markerKind: kind, text });
+      this.added += 1;
       this.trim();
-      this.schedule();
+      this.scheduleData();
     }
 
     clear() {
@@ -184,6 +190,15 @@
       if (!this.frame) this.frame = requestAnimationFrame(() => this.render());
     }
 
+    scheduleData() {
+      // At 2,000 records/s each frame would bring a whole view of new rows, unreadable and
+      // costly: new records wait for the next of a few frames a second.
+      if (this.frame || this.dataTimer) return;
+      const wait = this.lastRender + DATA_FRAME_MS - performance.now();
+      if (wait <= 0) this.schedule();
+      else this.dataTimer = setTimeout(() => { this.dataTimer = 0; this.schedule(); }, wait);
+    }
+
     layout() {
       const entries = this.itemEntries;
       const parts = this.itemParts;
@@ -227,6 +242,9 @@
     render(pass = 0) {
       cancelAnimationFrame(this.frame);
       this.frame = 0;
+      clearTimeout(this.dataTimer);
+      this.dataTimer = 0;
+      this.lastRender = performance.now();
       const s = this.el.scroller;
       const body = this.el.body;
       const first = this.entries.length ? this.entries[0].seq : this.nextSeq;
@@ -240,8 +258,13 @@
       this.removedAbove = 0;
 
       // The rows to draw: those within OVERSCAN_PX of the view (tbody coordinates: the sticky head
-      // covers the top of the scroller), the tab stop and the focused row wherever they are.
-      const from = viewTop - OVERSCAN_PX;
+      // covers the top of the scroller), the tab stop and the focused row wherever they are. While
+      // following a stream that fills more than the view between two frames, rows above the view
+      // would be replaced before anyone scrolls to them: half a view of them is enough then, and
+      // the rest is drawn once the stream calms down.
+      const streaming = this.follow && this.added * this.height({ kind: "rec" }, ROW) > this.viewHeight;
+      this.added = 0;
+      const from = viewTop - (streaming ? this.viewHeight / 2 : OVERSCAN_PX);
       const to = viewTop + this.viewHeight + OVERSCAN_PX;
       const tops = this.tops;
       let low = 0;
@@ -327,6 +350,7 @@
       }
       this.updateFollowButton();
       this.onChange();
+      if (streaming) this.scheduleData();
     }
 
     create(entry, part) {
@@ -345,7 +369,7 @@
       const tr = drawn.tr;
       const top = this.tops[index];
       if (drawn.top !== top) {
-        tr.style.transform = `translateY(${top}px)`;
+        tr.style.top = `${top}px`;
         drawn.top = top;
       }
       if (drawn.index !== index) {
