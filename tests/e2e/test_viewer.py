@@ -843,6 +843,24 @@ def test_signs_in_from_the_url_fragment_and_sees_its_scope_only(viewer: Callable
     v.page.reload()
     v.wait_state("live")
     expect(v.page.locator("#session-who")).to_have_text("seller-17")
+
+    # Another person's token: the live connection may not change hands (the server refuses the
+    # auth message), so the page opens a new connection with it, resuming where it was.
+    connections = len(v.websockets)
+    v.page.locator("#session-change").click()
+    admin = hs256(**ADMIN)
+    sign_in(v, admin)
+    expect(v.page.locator("#notices .notice-error")).to_contain_text(
+        "kept this connection's old token (auth refused: the new token is for another subject)")
+    expect(v.page.locator("#session-who")).to_have_text("admin-1")
+    v.wait_state("live")
+    assert len(v.websockets) == connections + 1
+    assert "since" in parse_qs(urlsplit(v.websockets[-1]).query)
+    expect(v.page.locator("#session-scope")).to_have_text("all logs")
+    expect(v.page.locator("#active-filter")).to_have_text("Filter: everything")
+    v.produce(9, 3)  # all three now
+    v.wait_rows(6)
+    assert v.seqs()[-3:] == [9, 10, 11]
     # Sign out: the connection closes and the page asks for a token.
     v.page.locator("#sign-out").click()
     v.wait_state("signin")
@@ -852,7 +870,8 @@ def test_signs_in_from_the_url_fragment_and_sees_its_scope_only(viewer: Callable
     # No server log line carries the token, nor its signature alone.
     log = v.service.log_text()
     assert "/api/session" in log and "/ws" in log  # access lines were written
-    assert token not in log and token.rsplit(".", 1)[1] not in log
+    for secret in (token, admin):
+        assert secret not in log and secret.rsplit(".", 1)[1] not in log
     v.check()
 
 
@@ -1038,10 +1057,10 @@ def test_measure_smoothness_at_2000_records_per_second(viewer: Callable[..., Vie
 
 @pytest.mark.skipif(os.environ.get("UPDATE_SCREENSHOT") != "1", reason="set UPDATE_SCREENSHOT=1 to rewrite docs/viewer.png")
 def test_update_screenshot(viewer: Callable[..., Viewer]) -> None:
-    """docs/viewer.png: the viewer at 1280x800 with `make demo`'s kind of traffic flowing."""
+    """docs/viewer.png: the viewer at 1280x800 with `make demo`'s kind of traffic flowing, signed in."""
     from devstack.demo import MALFORMED, DemoLogs
 
-    v = viewer(name=f"logs-demo-{uuid.uuid4().hex[:4]}")
+    v = viewer(name=f"logs-demo-{uuid.uuid4().hex[:4]}", **AUTH_ENV)
     logs = DemoLogs(seed=2026)
     producer = v.kafka.producer(linger_ms=5)
     sent = 0
@@ -1057,7 +1076,8 @@ def test_update_screenshot(viewer: Callable[..., Viewer]) -> None:
                 producer.send(v.topic, key=key, value=value)
                 sent += 1
         producer.flush()
-        v.open("tail=2000")
+        v.page.goto(f"http://{v.origin}/viewer?tail=2000#access_token={hs256(ttl=3600, sub='ops@example.com', **{'logs.all': True})}")
+        v.wait_state("live")
         for tick in range(40):  # 4 s of traffic in real time, ending in a payments incident
             logs.incident = "payments provider outage" if 31 <= tick < 38 else None
             batch = [logs.value() for _ in range(5 if logs.incident else 3)]

@@ -93,7 +93,8 @@
       try {
         const response = await fetch(new URL("api/session", location.href), {
           headers: token ? { Authorization: `Bearer ${token}` } : {},
-          cache: "no-store", credentials: "omit", signal: controller.signal,
+          // Cookies go too (same origin): a team's own authorize may read its session cookie.
+          cache: "no-store", credentials: "same-origin", signal: controller.signal,
         });
         let body = {};
         try {
