@@ -277,25 +277,22 @@ class TokenVerifier:
                 and self._last_fetch + JWKS_MIN_INTERVAL_S - time.monotonic() < JWKS_FETCH_TIMEOUT_S)
 
 
+# A fixed, short reason per PyJWT error, most specific first (their messages can quote the token).
+_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.ImmatureSignatureError, "token not yet valid"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidSignatureError, "bad signature"),
+    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
+    (jwt.DecodeError, "malformed token"),
+)
+
+
 def _reason(exc: jwt.PyJWTError) -> str:
-    """A fixed, short reason per PyJWT error (their messages can quote token content)."""
-    if isinstance(exc, jwt.ExpiredSignatureError):
-        return "token expired"
-    if isinstance(exc, jwt.ImmatureSignatureError):
-        return "token not yet valid"
-    if isinstance(exc, jwt.InvalidIssuerError):
-        return "wrong issuer"
-    if isinstance(exc, jwt.InvalidAudienceError):
-        return "wrong audience"
     if isinstance(exc, jwt.MissingRequiredClaimError):
         return f"token has no {exc.claim} claim"
-    if isinstance(exc, jwt.InvalidSignatureError):
-        return "bad signature"
-    if isinstance(exc, jwt.InvalidAlgorithmError):
-        return "algorithm not allowed"
-    if isinstance(exc, jwt.DecodeError):
-        return "malformed token"
-    return "invalid token"
+    return next((reason for kind, reason in _REASONS if isinstance(exc, kind)), "invalid token")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import websocket
 from devstack.service import ServiceProcess
 from tests.auth_keys import AUDIENCE, ISSUER, SECRET, JwksServer, KeyPair, hs256, hs256_with_public_key, tampered, \
     unsigned
-from tests.conftest import LiveClient, produce, readers_ok
+from tests.conftest import LiveClient, metric, produce, readers_ok, scrape
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "ws-protocol.schema.json").read_text())
 SELLER_42 = {"logs.services": ["orders"], "seller_id": "s-42"}
@@ -130,6 +130,8 @@ def test_every_refusal_comes_before_the_101_with_www_authenticate(secured, keys)
     # Asking for what the scope excludes: 403 too.
     exc = refused(secured.ws_url + "?service=billing", **bearer(rsa.token(**SELLER_42)))
     assert exc.status_code == 403 and "none of the services" in json.loads(exc.resp_body)["error"]
+    assert metric(scrape(secured), "logger_http_refused_total", reason="auth") >= len(cases) + 1
+    assert secured.health()["hub"]["refused_auth"] >= len(cases) + 1
 
 
 def test_three_transports_and_the_subprotocol_answer(secured, keys, ws_client, kafka):
@@ -213,6 +215,7 @@ def test_expiry_closes_1008_unless_refreshed_and_a_widening_refresh_is_refused(s
     assert answer["expires_at"] > hello["auth"]["expires_at"] + 500
     assert answer["scope"] == {"service": ["orders"], "attributes": {"seller.id": "s-42"}}
     assert lapsing.wait_closed(timeout=ttl + 5) == 1008 and lapsing.close_reason == "token expired"
+    assert metric(scrape(secured), "logger_ws_closed_total", reason="token_expired") >= 1
     run = uuid.uuid4().hex[:8]
     produce(kafka, secured.topic, records_for(run, ["s-42", "s-7"]))
     assert [r["attributes"]["seq"] for r in
@@ -274,7 +277,8 @@ def test_a_hanging_jwks_never_stalls_connected_clients(kafka, keys, tmp_path, ws
     kafka.create_topic(topic, 1)
     with JwksServer(keys["RS256"]) as slow:
         proc = ServiceProcess({"KAFKA_BROKER_URL": kafka.bootstrap, "KAFKA_TOPIC": topic,
-                               "KAFKA_GROUP_ID": f"group-{topic}", **auth_env(slow, AUTH_JWKS_REFRESH_S="10")},
+                               "KAFKA_GROUP_ID": f"group-{topic}", "LOG_FORMAT": "text",
+                               **auth_env(slow, AUTH_JWKS_REFRESH_S="10")},
                               log_dir=tmp_path)
         with proc:
             proc.start(ready=readers_ok)
@@ -296,11 +300,16 @@ def test_a_hanging_jwks_never_stalls_connected_clients(kafka, keys, tmp_path, ws
                     assert connected.received_at[-1] - sent < 3
                 # A new client whose key is known connects at once, the fetch still hanging.
                 started = time.monotonic()
-                late = ws_client(proc.ws_url, **bearer(keys["RS256"].token(**ADMIN)))
+                token = keys["RS256"].token(**ADMIN)
+                late = ws_client(f"{proc.ws_url}?access_token={token}")
                 wait_message(late, "hello")
-                assert time.monotonic() - started < 2
+                assert time.monotonic() - started < 4  # a wait for the JWKS would take its 5 s deadline
                 proc.wait_until(lambda: "could not refresh the JWKS" in proc.log_text(), 15, "the warning")
                 assert slow.fetches >= 2
+                # Gunicorn's text access line ("%(r)s": the request line) holds no token either.
+                proc.wait_until(lambda: '"GET /ws?access_token=<redacted> HTTP/1.1" 101' in proc.log_text(), 10,
+                                "the access line")
+                assert token.rsplit(".", 1)[1] not in proc.log_text()
             finally:
                 slow.hang.clear()
 

@@ -230,59 +230,86 @@ class FakeJwks:
         return orjson.dumps({"keys": [p.jwk for p in self.keys]})
 
 
-def test_refresh_on_unknown_kid_is_rate_limited_and_keeps_keys_on_failure(pairs, monkeypatch):
-    monkeypatch.setattr(auth, "JWKS_MIN_INTERVAL_S", 0.5)
-    monkeypatch.setattr(auth, "JWKS_FETCH_TIMEOUT_S", 0.3)
-    fetch = FakeJwks(pairs["RS256"])
-    v = TokenVerifier(settings(), fetch=fetch)
-    v.start()
-    try:
-        assert v.verify(pairs["RS256"].token(**SELLER))  # waits for the first fetch
-        assert fetch.calls == 1
-        # A rotation: the new kid is unknown until a refresh, which is at most once per interval.
-        fetch.keys.append(pairs["ES256"])
-        started = time.monotonic()
-        with pytest.raises(AuthError, match="unknown key id"):  # the last fetch was just now: no wait
-            v.verify(pairs["ES256"].token(**SELLER))
-        assert fetch.calls == 1 and time.monotonic() - started < 0.1
-        gevent.sleep(0.5)
-        assert v.verify(pairs["ES256"].token(**SELLER))  # waits for the refresh it triggered
-        assert fetch.calls == 2
-        for _ in range(5):  # unknown kids in a burst: no more fetches within the interval
-            with pytest.raises(AuthError, match="unknown key id"):
-                v.verify(pairs["EdDSA"].token(**SELLER))
-        assert fetch.calls == 2
-        # The provider fails: the keys known keep working.
-        fetch.fail = True
-        gevent.sleep(0.6)
-        with pytest.raises(AuthError, match="unknown key id"):
-            v.verify(pairs["EdDSA"].token(**SELLER))
-        assert v.fetch_error and "connection refused" in v.fetch_error
-        assert v.verify(pairs["ES256"].token(**SELLER))
-    finally:
-        v.stop()
+@pytest.fixture
+def refreshing(pairs, monkeypatch):
+    """Factory: a started verifier whose JWKS is a FakeJwks with the RS256 key (stopped after)."""
+    started = []
+
+    def make(min_interval_s: float) -> tuple[TokenVerifier, FakeJwks]:
+        monkeypatch.setattr(auth, "JWKS_MIN_INTERVAL_S", min_interval_s)
+        monkeypatch.setattr(auth, "JWKS_FETCH_TIMEOUT_S", 5.0)  # a wait for a fetch shows as seconds
+        fetch = FakeJwks(pairs["RS256"])
+        verifier = TokenVerifier(settings(), fetch=fetch)
+        verifier.start()
+        started.append((verifier, fetch))
+        return verifier, fetch
+    yield make
+    for verifier, fetch in started:
+        fetch.hang = False
+        verifier.stop()
 
 
-def test_a_hanging_jwks_never_delays_tokens_of_known_keys(pairs, monkeypatch):
-    monkeypatch.setattr(auth, "JWKS_MIN_INTERVAL_S", 0.1)
-    monkeypatch.setattr(auth, "JWKS_FETCH_TIMEOUT_S", 0.3)
-    fetch = FakeJwks(pairs["RS256"])
-    v = TokenVerifier(settings(), fetch=fetch)
-    v.start()
-    try:
+def test_a_new_kid_waits_for_the_rate_limited_refresh_and_a_burst_costs_one_fetch(pairs, refreshing):
+    v, fetch = refreshing(0.5)
+    assert v.verify(pairs["RS256"].token(**SELLER))  # waits for the first fetch
+    assert fetch.calls == 1
+    # A rotation: the new kid is unknown until a refresh, at most one per 0.5 s here.
+    fetch.keys.append(pairs["ES256"])
+    started = time.monotonic()
+    assert v.verify(pairs["ES256"].token(**SELLER))
+    assert fetch.calls == 2 and time.monotonic() - started >= 0.4, "the refresh waited for the interval"
+    # Ten unknown kids at once: they wait for one and the same fetch.
+    burst = [gevent.spawn(v.verify, pairs["EdDSA"].token(**SELLER)) for _ in range(10)]
+    gevent.joinall(burst, timeout=3)
+    assert all(isinstance(g.exception, AuthError) and g.exception.reason == "unknown key id" for g in burst)
+    assert fetch.calls == 3
+    # The provider fails: the keys known keep working.
+    fetch.fail = True
+    with pytest.raises(AuthError, match="unknown key id"):
+        v.verify(pairs["EdDSA"].token(**SELLER))
+    assert fetch.calls == 4 and v.fetch_error == "OSError: connection refused"
+    assert v.verify(pairs["ES256"].token(**SELLER))
+
+
+def test_an_unknown_kid_is_refused_at_once_when_no_refresh_can_come_in_time(pairs, refreshing):
+    v, fetch = refreshing(10.0)  # the next fetch is 10 s away, more than a wait may last (5 s)
+    assert v.verify(pairs["RS256"].token(**SELLER))
+    fetch.keys.append(pairs["ES256"])
+    started = time.monotonic()
+    with pytest.raises(AuthError, match="unknown key id"):
+        v.verify(pairs["ES256"].token(**SELLER))
+    assert fetch.calls == 1 and time.monotonic() - started < 1
+
+
+def test_a_hanging_jwks_never_delays_tokens_of_known_keys(pairs, refreshing):
+    v, fetch = refreshing(0.1)
+    assert v.verify(pairs["RS256"].token(**SELLER))
+    fetch.hang = True
+    fetch.keys.append(pairs["ES256"])
+    gevent.sleep(0.15)
+    waiting = gevent.spawn(v.verify, pairs["ES256"].token(**SELLER))  # its kid starts a fetch, which hangs
+    gevent.sleep(0.05)
+    assert not waiting.ready() and fetch.calls == 2
+    started = time.monotonic()
+    for _ in range(20):  # a wait for the hanging fetch would take its 5 s timeout
         assert v.verify(pairs["RS256"].token(**SELLER))
-        fetch.hang = True
-        with pytest.raises(AuthError, match="unknown key id"):  # waits for the fetch, at most its timeout
-            v.verify(pairs["ES256"].token(**SELLER))
-        started = time.monotonic()
-        for _ in range(20):
-            assert v.verify(pairs["RS256"].token(**SELLER))
-        assert time.monotonic() - started < 0.25
-        gevent.sleep(0.4)
-        assert v.fetch_error and "no JWKS within" in v.fetch_error
+    assert time.monotonic() - started < 2
+    fetch.hang = False  # the provider answers at last: the waiting token gets its key
+    assert waiting.get(timeout=2).subject == "user-1"
+
+
+def test_a_fetch_that_never_ends_is_cut_at_its_deadline_and_the_keys_stay(pairs, monkeypatch):
+    monkeypatch.setattr(auth, "JWKS_FETCH_TIMEOUT_S", 0.2)
+    fetch = FakeJwks(pairs["RS256"])
+    v = TokenVerifier(settings(), fetch=fetch)
+    v.load_jwks({"keys": [pairs["RS256"].jwk]})
+    fetch.hang = True
+    try:
+        v._fetch_once()  # what the refresh greenlet runs
     finally:
         fetch.hang = False
-        v.stop()
+    assert v.fetch_error == "TimeoutError: no JWKS within 0.2 s"
+    assert v.verify(pairs["RS256"].token(**SELLER))
 
 
 @pytest.mark.parametrize("env, names", [

@@ -258,3 +258,42 @@ def test_the_start_up_warning_when_auth_is_off(caplog):
     lines = [r.getMessage() for r in caplog.records if "authentication is off" in r.getMessage()]
     assert len(lines) == 1
     assert LogService(auth_settings()).auth_mode == "jwt"
+
+
+def test_the_readmes_flask_session_authorize_example_works_for_ws_and_api_session():
+    """The README's create_app(authorize=...) example, as written there."""
+    from flask import session
+
+    from logger.app import service_of
+    from logger.filters import EVERYTHING
+
+    # -- as in the README --------------------------------------------------------------
+    def authorize(environ):
+        # Runs before the 101, below Flask: open the session from the upgrade's cookie.
+        with app.request_context(environ):
+            user = session.get("user")
+        if user is None:
+            raise AuthError("not signed in")  # 401; AuthError.forbidden(...) is a 403
+        if user["role"] == "admin":
+            return Grant(subject=user["id"], expires_at=None, scope=EVERYTHING)
+        return Grant(subject=user["id"], expires_at=None,
+                     scope=Filter(attributes=(("seller.id", str(user["seller_id"])),)))
+
+    app = create_app(Settings.from_env({}), authorize=authorize)
+    app.secret_key = "test-only-secret"
+    # ------------------------------------------------------------------------------------
+    client = app.test_client()
+    assert client.get("/api/session").status_code == 401
+    with client.session_transaction() as s:
+        s["user"] = {"id": "seller-42", "role": "seller", "seller_id": 42}
+    assert client.get("/api/session").json == {"auth": "custom", "subject": "seller-42", "expires_at": None,
+                                                "scope": {"attributes": {"seller.id": "42"}}}
+    cookie = client.get_cookie("session")
+    hub = service_of(app).hub
+    from werkzeug.test import EnvironBuilder
+    environ = EnvironBuilder(path="/ws", headers={"Cookie": f"session={cookie.value}"}).get_environ()
+    ws = FakeClient()
+    hub.attach(ws, hub.admit(environ))
+    assert ws.messages()[0]["filter"] == {"attributes": {"seller.id": "42"}}
+    with pytest.raises(AuthError, match="not signed in"):
+        hub.admit(EnvironBuilder(path="/ws").get_environ())
