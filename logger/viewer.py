@@ -5,7 +5,9 @@ build step, nothing from a CDN) that opens ``/ws`` on the host that served it
 and shows records as they arrive, with the server-side filters, pause/resume,
 resume-after-reconnect (``?since=``) and a cap on the rows it keeps; above
 them, a volume chart by level with rates (``volume.js``, plain SVG). The table
-draws only the rows in and near the view (``logtable.js``).
+draws only the rows in and near the view (``logtable.js``). With authentication
+on, the page signs in (``signin.js``): a token from the URL's fragment or pasted,
+checked with ``GET /api/session`` and offered to ``/ws`` as a subprotocol.
 
 Asset URLs in the page are relative (``viewer/viewer.js``), and so is the
 WebSocket URL (``ws``), so the viewer also works behind a proxy that mounts
