@@ -6,7 +6,7 @@
 // the page from drawing 60 frames a second (docs/BENCHMARKS.md). Now the work per frame is the
 // rows that scrolled into view, whatever the rate or the cap.
 //
-// Rows are absolutely positioned in a tbody as tall as all of them (moved with a transform), so
+// Rows are absolutely positioned in a tbody as tall as all of them (each placed with `top`), so
 // a row added or removed moves no other in layout. Record rows share one height, measured on the
 // first one drawn; a marker or an opened record's details is measured when it is first drawn.
 //
