@@ -4,7 +4,10 @@ A static page (HTML, CSS and JavaScript from ``logger/static/viewer``, no
 build step, nothing from a CDN) that opens ``/ws`` on the host that served it
 and shows records as they arrive, with the server-side filters, pause/resume,
 resume-after-reconnect (``?since=``) and a cap on the rows it keeps; above
-them, a volume chart by level with rates (``volume.js``, plain SVG).
+them, a volume chart by level with rates (``volume.js``, plain SVG). The table
+draws only the rows in and near the view (``logtable.js``). With authentication
+on, the page signs in (``signin.js``): a token from the URL's fragment or pasted,
+checked with ``GET /api/session`` and offered to ``/ws`` as a subprotocol.
 
 Asset URLs in the page are relative (``viewer/viewer.js``), and so is the
 WebSocket URL (``ws``), so the viewer also works behind a proxy that mounts
@@ -23,7 +26,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, redirect, request, send_from_directory
 
 STATIC = Path(__file__).resolve().parent / "static" / "viewer"
-ASSETS = frozenset({"viewer.css", "viewer.js", "volume.js", "favicon.svg"})
+ASSETS = frozenset({"viewer.css", "viewer.js", "volume.js", "logtable.js", "signin.js", "favicon.svg"})
 
 # 'self' in connect-src covers ws:/wss: to the same host (CSP Level 3).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "

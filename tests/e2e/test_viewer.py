@@ -32,7 +32,7 @@ import pytest
 from devstack.kafka import KafkaBroker
 from devstack.ports import free_port
 from devstack.service import ROOT, ServiceProcess
-from devstack.waiting import wait_until
+from tests.auth_keys import AUDIENCE, ISSUER, SECRET, hs256
 from tests.conftest import produce
 
 try:
@@ -245,7 +245,8 @@ def test_page_loads_clean_shows_records_and_expands_them(viewer: Callable[..., V
     assert page.locator("main table thead th").all_inner_texts() == ["TIME", "LEVEL", "SERVICE", "MESSAGE"]
 
     paths = sorted({urlsplit(url).path for url in v.requests})
-    assert paths == ["/viewer", "/viewer/favicon.svg", "/viewer/viewer.css", "/viewer/viewer.js", "/viewer/volume.js"]
+    assert paths == ["/api/session", "/viewer", "/viewer/favicon.svg", "/viewer/logtable.js", "/viewer/signin.js",
+                     "/viewer/viewer.css", "/viewer/viewer.js", "/viewer/volume.js"]
     assert parse_qs(urlsplit(v.websockets[0]).query) == {"tail": ["100"]}
     v.check()
 
@@ -496,6 +497,56 @@ def test_rows_are_capped_oldest_first(viewer: Callable[..., Viewer]) -> None:
     v.check()
 
 
+ROW_AT_MIDDLE = """() => { const s = document.getElementById("scroller").getBoundingClientRect();
+    const row = document.elementFromPoint(s.left + s.width / 2, s.top + s.height / 2).closest("tr.rec");
+    return row && row.querySelector("td.m").textContent; }"""
+
+
+def test_a_long_table_draws_only_the_rows_near_the_view(viewer: Callable[..., Viewer]) -> None:
+    v = viewer()
+    v.open("tail=0&max=300")
+    v.produce(0, 400)
+    v.wait_received(400)
+    expect(v.page.locator("#count-shown")).to_have_text("300")
+    expect(v.page.locator(f"{ROWS} td.m").last).to_have_text(f"{v.run} event 399")
+    # 300 records kept, a few dozen of them in the DOM; the table says how many rows it has.
+    drawn = v.page.locator(ROWS).count()
+    assert 10 < drawn < 150, drawn
+    assert v.page.get_attribute("#log", "aria-rowcount") == "301"  # and the head's row
+    assert v.page.locator(ROWS).last.get_attribute("aria-rowindex") == "301"
+
+    # The keyboard reaches every record kept: Home the oldest, Page Down ten further, End the newest.
+    tab_stop = v.page.locator("#rows tr.rec[tabindex='0']")
+    expect(tab_stop).to_have_count(1)
+    tab_stop.focus()
+    focused = v.page.locator("#rows tr.rec:focus")
+    v.page.keyboard.press("Home")
+    expect(focused.locator("td.m")).to_have_text(f"{v.run} event 100")
+    expect(focused).to_have_attribute("aria-rowindex", "2")
+    expect(v.page.locator("#follow")).to_be_visible()  # reading the oldest: no longer following
+    v.page.keyboard.press("PageDown")
+    expect(focused.locator("td.m")).to_have_text(f"{v.run} event 110")
+    v.page.keyboard.press("Enter")
+    expect(v.page.locator("#rows tr.details")).to_contain_text(f"{v.run} event 110")
+
+    # Scrolled back a little (reading): records arrive and the oldest leave, above the view, and
+    # the row in the middle of the view stays the same.
+    v.page.locator("#scroller").evaluate("s => { s.scrollTop = s.scrollHeight / 2; }")
+    expect(v.page.locator("#follow")).to_be_visible()
+    before = v.page.wait_for_function(f"({ROW_AT_MIDDLE})()").json_value()  # drawn in the next frame
+    assert before and before.startswith(f"{v.run} event 2"), before
+    v.produce(400, 20)
+    v.wait_received(420)
+    expect(v.page.locator("#follow")).to_have_text("Jump to latest (20 new)")
+    expect(v.page.locator(ROWS).filter(has_text=f"{v.run} event 119")).to_have_count(0)  # left the table
+    assert v.page.evaluate(ROW_AT_MIDDLE) == before
+
+    v.page.keyboard.press("End")
+    expect(focused.locator("td.m")).to_have_text(f"{v.run} event 419")
+    expect(v.page.locator("#follow")).to_be_hidden()  # at the newest: following again
+    v.check()
+
+
 # -- volume chart, rates, links (issue 16) ----------------------------------------------------
 
 CHART_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal", "unknown")
@@ -739,6 +790,179 @@ def test_dark_scheme_and_every_control_reached_by_the_keyboard(viewer: Callable[
     v.check()
 
 
+# -- signing in (issue 14) ---------------------------------------------------------------------
+
+AUTH_ENV = {"AUTH_JWT_SECRET": SECRET, "AUTH_ISSUER": ISSUER, "AUTH_AUDIENCE": AUDIENCE}
+SELLER = {"sub": "seller-17", "logs.services": ["svc-1"]}
+ADMIN = {"sub": "admin-1", "logs.all": True}
+# What Chromium logs when api/session refuses a token (the page says it in its own words).
+REFUSED_CONSOLE = r"Failed to load resource: the server responded with a status of 40[13]"
+
+
+def sign_in(v: Viewer, token: str) -> None:
+    v.page.fill("#token", token)
+    v.page.locator("#signin button[type=submit]").click()
+
+
+def refusals(v: Viewer) -> list[str]:
+    """The page's requests answered 401/403 (expected in these tests), taken out of what check() sees."""
+    refused = [r for r in v.bad_responses if r.startswith(("401 ", "403 "))]
+    v.bad_responses[:] = [r for r in v.bad_responses if r not in refused]
+    return refused
+
+
+def test_signs_in_from_the_url_fragment_and_sees_its_scope_only(viewer: Callable[..., Viewer]) -> None:
+    v = viewer(ACCESS_LOG="true", **AUTH_ENV)
+    token = hs256(**SELLER)
+    v.page.goto(f"http://{v.origin}/viewer?tail=10#access_token={token}&token_type=Bearer")
+    v.wait_state("live")
+    # The fragment is gone from the address bar (and so from a copied link), the rest stays.
+    assert "#" not in v.page.url and "access_token" not in v.page.url
+    assert parse_qs(urlsplit(v.page.url).query)["tail"] == ["10"]
+    expect(v.page.locator("#session")).to_be_visible()
+    expect(v.page.locator("#session-who")).to_have_text("seller-17")
+    expect(v.page.locator("#session-scope")).to_have_text("service svc-1")
+    expect(v.page.locator("#session-until")).to_contain_text("until ")
+    expect(v.page.locator("#signin")).to_be_hidden()
+    # The effective filter: nothing asked, the token's scope applied by the server.
+    expect(v.page.locator("#active-filter")).to_have_text("Filter: service svc-1")
+    hello = next(m for m in v.received if m["type"] == "hello")
+    assert hello["auth"]["subject"] == "seller-17" and hello["filter"] == {"service": ["svc-1"]}
+    assert not subscribes(v)  # the page asked for nothing more than it had
+    # The token went as the subprotocol (the WebSocket URL has none) and to api/session as a header.
+    assert all("access_token" not in url and token not in url for url in v.requests + v.websockets)
+    assert parse_qs(urlsplit(v.websockets[0]).query) == {"tail": ["10"]}
+
+    v.produce(0, 9)  # services svc-0, svc-1, svc-2 in turn: 1, 4 and 7 are svc-1's
+    v.wait_rows(3)
+    assert v.seqs() == [1, 4, 7]
+    expect(v.page.locator("#count-received")).to_have_text("3")
+
+    # Kept for the tab: a reload is still signed in, with no fragment.
+    assert v.page.evaluate("sessionStorage.getItem('logger-service.token')") == token
+    v.page.reload()
+    v.wait_state("live")
+    expect(v.page.locator("#session-who")).to_have_text("seller-17")
+
+    # Another person's token: the live connection may not change hands (the server refuses the
+    # auth message), so the page opens a new connection with it, resuming where it was.
+    connections = len(v.websockets)
+    v.page.locator("#session-change").click()
+    admin = hs256(**ADMIN)
+    sign_in(v, admin)
+    expect(v.page.locator("#notices .notice-error")).to_contain_text(
+        "kept this connection's old token (auth refused: the new token is for another subject)")
+    expect(v.page.locator("#session-who")).to_have_text("admin-1")
+    v.wait_state("live")
+    assert len(v.websockets) == connections + 1
+    assert "since" in parse_qs(urlsplit(v.websockets[-1]).query)
+    expect(v.page.locator("#session-scope")).to_have_text("all logs")
+    expect(v.page.locator("#active-filter")).to_have_text("Filter: everything")
+    v.produce(9, 3)  # all three now
+    v.wait_rows(6)
+    assert v.seqs()[-3:] == [9, 10, 11]
+    # Sign out: the connection closes and the page asks for a token.
+    v.page.locator("#sign-out").click()
+    v.wait_state("signin")
+    expect(v.page.locator("#signin-message")).to_contain_text("Signed out")
+    assert v.page.evaluate("sessionStorage.getItem('logger-service.token')") is None
+
+    # No server log line carries the token, nor its signature alone.
+    log = v.service.log_text()
+    assert "/api/session" in log and "/ws" in log  # access lines were written
+    for secret in (token, admin):
+        assert secret not in log and secret.rsplit(".", 1)[1] not in log
+    v.check()
+
+
+def test_a_token_the_server_refuses_is_named_and_a_valid_one_signs_in(viewer: Callable[..., Viewer]) -> None:
+    v = viewer(**AUTH_ENV)
+    forged = hs256(secret="not-the-server-secret-but-32-chars-long", **ADMIN)
+    v.page.goto(f"http://{v.origin}/viewer#access_token={forged}")
+    v.wait_state("signin")
+    message = v.page.locator("#signin-message")
+    expect(message).to_have_text("Not signed in: the server did not accept this token (bad signature). "
+                                 "Paste a valid one.")
+    expect(v.page.locator("#token")).to_be_focused()
+    expect(v.page.locator("#session")).to_be_hidden()
+    assert v.websockets == []  # no connection tried with a token known to be refused
+    assert refusals(v) == [f"401 http://{v.origin}/api/session"]
+
+    sign_in(v, hs256(**ADMIN))
+    v.wait_state("live")
+    expect(v.page.locator("#signin")).to_be_hidden()
+    expect(v.page.locator("#session-who")).to_have_text("admin-1")
+    expect(v.page.locator("#session-scope")).to_have_text("all logs")
+    expect(v.page.locator("#active-filter")).to_have_text("Filter: everything")
+    v.produce(0, 3)
+    v.wait_rows(3)
+    v.check(allowed_console=REFUSED_CONSOLE)
+
+
+def test_no_token_or_one_without_scope_is_told_what_is_missing(viewer: Callable[..., Viewer]) -> None:
+    v = viewer(**AUTH_ENV)
+    v.open(state="signin")
+    message = v.page.locator("#signin-message")
+    expect(message).to_contain_text("Sign in to see the logs: paste an access token")
+    expect(v.page.locator("#status-text")).to_have_text("Sign-in needed")
+
+    sign_in(v, hs256(sub="nobody"))  # valid, but no scope claim
+    expect(message).to_have_text("Not allowed: this token is valid but grants no logs here "
+                                 "(token grants no logs (no scope claim)). Paste a token that does.")
+    expect(v.page.locator("#token")).to_have_attribute("aria-invalid", "true")
+    v.wait_state("signin")
+    assert v.websockets == []
+    assert refusals(v) == [f"401 http://{v.origin}/api/session", f"403 http://{v.origin}/api/session"]
+    v.check(allowed_console=REFUSED_CONSOLE)
+
+
+def test_a_token_renewed_before_expiry_keeps_the_connection_and_an_expired_one_closes_it(
+        viewer: Callable[..., Viewer]) -> None:
+    v = viewer(AUTH_LEEWAY_S="0", **AUTH_ENV)
+    short_ttl = 4
+    v.page.goto(f"http://{v.origin}/viewer?tail=0#access_token={hs256(ttl=short_ttl, **SELLER)}")
+    v.wait_state("live")
+    opened_at = time.time()
+    # Less than a minute left: the page asks for a fresh token and keeps going meanwhile.
+    message = v.page.locator("#signin-message")
+    expect(message).to_contain_text("Your sign-in expires at")
+    expect(v.page.locator("#token")).not_to_be_focused()  # asked, not grabbed from the reader
+
+    # A fresh token for the same seller goes on the live connection, before the deadline.
+    fresh = hs256(ttl=300, **SELLER)
+    sign_in(v, fresh)
+    expect(v.page.locator("#signin")).to_be_hidden()
+    deadline = time.monotonic() + 10
+    while not any(m["type"] == "authenticated" for m in v.received):
+        assert time.monotonic() < deadline, v.received
+        v.page.wait_for_timeout(50)
+    assert {"type": "auth", "token": fresh} in v.sent
+    time.sleep(max(0.0, opened_at + short_ttl + 1.5 - time.time()))  # past the first token's end
+    v.wait_state("live", timeout=0.1)
+    assert len(v.websockets) == 1  # the same connection throughout
+    v.produce(0, 3)
+    v.wait_rows(1)
+
+    # A token that ends in 2 s, given on the live connection too, and not renewed: the server
+    # closes the connection (1008 "token expired") and the page says so and waits for a token.
+    v.page.locator("#session-change").click()
+    sign_in(v, hs256(ttl=2, **SELLER))
+    v.wait_state("signin", timeout=15)
+    expect(message).to_contain_text("Your token expired at")
+    expect(message).to_contain_text("the server closed the connection")
+    expect(v.page.locator("#rows tr.marker-lost")).to_have_text("Your token expired: the server closed the connection.")
+    v.page.wait_for_timeout(1500)
+    assert len(v.websockets) == 1  # not retried with the expired token
+
+    v.produce(3, 3)  # 4 is svc-1's, sent while signed out
+    sign_in(v, hs256(ttl=300, **SELLER))
+    v.wait_state("live")
+    assert parse_qs(urlsplit(v.websockets[-1]).query)["since"] == [f"{v.topic}:0:1"]  # resumed after seq 1
+    v.wait_rows(2)
+    assert v.seqs() == [1, 4]
+    v.check()
+
+
 SMOOTHNESS_PROBE = """() => {
     // Frames drawn (requestAnimationFrame) and long tasks (> 50 ms on the main thread).
     const received = Number(document.getElementById("count-received").textContent.replace(/,/g, ""));
@@ -761,6 +985,10 @@ SMOOTHNESS_PROBE = """() => {
     window.smoothnessProbe = probe;
 }"""
 
+# What Chrome's Performance panel records, less the screenshots.
+TRACE_CATEGORIES = ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8.execute", "blink.user_timing",
+                    "disabled-by-default-devtools.timeline.frame", "latencyInfo"]
+
 SMOOTHNESS_READ = """() => {
     const p = window.smoothnessProbe;
     const gaps = p.gaps.slice(1).sort((a, b) => a - b);
@@ -769,14 +997,19 @@ SMOOTHNESS_READ = """() => {
              max_frame_ms: gaps[gaps.length - 1] || 0, slow_frames: gaps.filter((g) => g > 50).length,
              longtasks: p.longtasks.length, longtask_ms: p.longtasks.reduce((a, b) => a + b, 0),
              max_longtask_ms: Math.max(0, ...p.longtasks), records: received - p.received,
-             rows: document.querySelectorAll("#rows tr.rec").length };
+             kept: Number(document.getElementById("count-shown").textContent.replace(/,/g, "")),
+             drawn: document.querySelectorAll("#rows tr.rec").length };
 }"""
 
 
 @pytest.mark.skipif(os.environ.get("MEASURE_SMOOTHNESS") != "1",
                     reason="set MEASURE_SMOOTHNESS=1 to measure (docs/BENCHMARKS.md)")
 def test_measure_smoothness_at_2000_records_per_second(viewer: Callable[..., Viewer]) -> None:
-    """Frames per second and long tasks while 2,000 records/s stream in (numbers, no assertion on them)."""
+    """Frames per second and long tasks while 2,000 records/s stream in (numbers, no assertion on them).
+
+    ``SMOOTHNESS_TRACE=path.json`` also records a Chromium performance trace of the busy window
+    (open it in Chrome's Performance panel, or summarise it with ``bench.trace_summary``).
+    """
     rate, seconds = int(os.environ.get("SMOOTHNESS_RATE", "2000")), 10.0
     v = viewer()
     v.open(os.environ.get("SMOOTHNESS_QUERY", ""))
@@ -801,10 +1034,15 @@ def test_measure_smoothness_at_2000_records_per_second(viewer: Callable[..., Vie
     thread = threading.Thread(target=paced, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: v.page.locator(ROWS).count() >= 1000, 30, "the row cap reached")
+        expect(v.page.locator("#count-shown")).to_have_text("1,000", timeout=30 * SECOND)  # the row cap reached
+        trace = os.environ.get("SMOOTHNESS_TRACE")
+        if trace:
+            v.page.context.browser.start_tracing(page=v.page, path=trace, categories=TRACE_CATEGORIES)
         v.page.evaluate(SMOOTHNESS_PROBE)
         time.sleep(seconds)  # the measuring window: the page counts, we wait
         busy = v.page.evaluate(SMOOTHNESS_READ)
+        if trace:
+            v.page.context.browser.stop_tracing()
     finally:
         stop.set()
         thread.join(10)
@@ -812,17 +1050,17 @@ def test_measure_smoothness_at_2000_records_per_second(viewer: Callable[..., Vie
         print(f"{name}: {m['frames'] / seconds:.1f} frames/s, p99 frame {m['p99_frame_ms']:.0f} ms, "
               f"max frame {m['max_frame_ms']:.0f} ms, frames > 50 ms: {m['slow_frames']}, "
               f"long tasks: {m['longtasks']} ({m['longtask_ms']:.0f} ms in all, longest {m['max_longtask_ms']:.0f} ms), "
-              f"records received: {m['records'] / seconds:.0f}/s, rows kept: {m['rows']}")
-    assert busy["records"] > 0 and busy["rows"] == 1000
+              f"records received: {m['records'] / seconds:.0f}/s, rows kept: {m['kept']} ({m['drawn']} in the DOM)")
+    assert busy["records"] > 0 and busy["kept"] == 1000
     v.check()
 
 
 @pytest.mark.skipif(os.environ.get("UPDATE_SCREENSHOT") != "1", reason="set UPDATE_SCREENSHOT=1 to rewrite docs/viewer.png")
 def test_update_screenshot(viewer: Callable[..., Viewer]) -> None:
-    """docs/viewer.png: the viewer at 1280x800 with `make demo`'s kind of traffic flowing."""
+    """docs/viewer.png: the viewer at 1280x800 with `make demo`'s kind of traffic flowing, signed in."""
     from devstack.demo import MALFORMED, DemoLogs
 
-    v = viewer(name=f"logs-demo-{uuid.uuid4().hex[:4]}")
+    v = viewer(name=f"logs-demo-{uuid.uuid4().hex[:4]}", **AUTH_ENV)
     logs = DemoLogs(seed=2026)
     producer = v.kafka.producer(linger_ms=5)
     sent = 0
@@ -838,7 +1076,8 @@ def test_update_screenshot(viewer: Callable[..., Viewer]) -> None:
                 producer.send(v.topic, key=key, value=value)
                 sent += 1
         producer.flush()
-        v.open("tail=2000")
+        v.page.goto(f"http://{v.origin}/viewer?tail=2000#access_token={hs256(ttl=3600, sub='ops@example.com', **{'logs.all': True})}")
+        v.wait_state("live")
         for tick in range(40):  # 4 s of traffic in real time, ending in a payments incident
             logs.incident = "payments provider outage" if 31 <= tick < 38 else None
             batch = [logs.value() for _ in range(5 if logs.incident else 3)]

@@ -11,7 +11,8 @@
 // Levels: the protocol filters by a minimum level only. The page keeps the set of levels shown;
 // the server's filter is the lowest level shown (none while "unknown" is shown, since a minimum
 // leaves unknown levels out), and the levels hidden above it are hidden here: their new records
-// are counted in the chart but not added to the table, and rows already there are hidden by CSS.
+// are counted in the chart but not added to the table, and rows already there leave it until the
+// level is shown again (logtable.js draws the levels shown only).
 (() => {
   "use strict";
 
@@ -25,7 +26,6 @@
   const CHART_WINDOW_MS = 5 * 60 * 1000;
   const CHART_BUCKET_MS = 5000;
   const COPIED_MS = 1500;
-  const ROW_FLUSH_MS = 250; // new rows join the table at most this often (each time lays it out)
   const STACK = window.VolumeChart.STACK; // LEVELS and "unknown"
 
   const params = new URLSearchParams(location.search);
@@ -57,13 +57,16 @@
     queryHad: { tail: false, filter: false },
     positions: new Map(),   // "topic:partition" -> offset: where to resume (?since=)
     seen: new Map(),        // "topic:partition" -> offset of the last record shown (duplicates)
-    active: {},             // the filter the server confirmed (hello, subscribed)
+    active: {},             // the filter in effect, as the server said (hello, subscribed): with
+                            // authentication on, what was asked AND what the token may see
+    asked: {},              // what this page asked for and the server took (the query, subscribe)
+    queryFilter: {},        // the filter in the query of the connection being opened
+    subscribingTo: null,    // the filter of the subscribe awaiting its answer
+    authPending: false,     // an auth message (a fresh token) awaits its answer
+    signedOut: false,       // no usable token: no connection until one is given
     attributes: attributeParams(), // attr.* conditions from the page URL
     shown: new Set(STACK),  // levels shown (see the top of this file)
     since: sinceParam(),    // positions from the page URL (?since=), kept in it
-    pending: [],            // records waiting for the next frame to become rows
-    renderQueued: false,
-    lastFlushAt: 0,
     lastRecordAt: 0,        // when the last record arrived (Date.now()): where a hole begins
     subscribing: false,
     paused: false,          // what the user asked for
@@ -71,18 +74,14 @@
     held: [],               // records that arrived after Pause was pressed
     received: 0,
     dropped: 0,
-    recordRows: 0,
-    follow: true,
-    unseen: 0,
-    current: null,          // the row that has tabindex=0 (roving tabindex)
     lastMessageAt: 0,
     pingSentAt: 0,
     pingIntervalMs: 25000,
   };
-  const recordOf = new WeakMap();
-  let detailsId = 0;
   let filterTimer = 0;
   let chart = null;
+  let table = null;
+  let signin = null;
 
   // -- formatting ---------------------------------------------------------------------------
 
@@ -243,7 +242,7 @@
   function showLevelControls() {
     const minimum = minimumOf(state.shown);
     el.level.value = minimum === null ? "custom" : minimum;
-    for (const level of STACK) el.rows.classList.toggle(`hide-${level}`, !state.shown.has(level));
+    if (table) table.render(); // rows of the levels hidden leave the table, those shown come back
     if (chart) chart.draw();
   }
 
@@ -293,7 +292,7 @@
     clearTimeout(filterTimer);
     const wanted = desiredFilter();
     rememberFilterInPage(wanted);
-    if (sameFilter(wanted, state.active)) {
+    if (sameFilter(wanted, state.asked)) {
       state.subscribing = false;
       markFilterInvalid(false);
       showActiveFilter(); // the levels hidden here may have changed
@@ -305,6 +304,7 @@
 
   function sendSubscribe(f) {
     state.subscribing = true;
+    state.subscribingTo = f;
     send({ type: "subscribe", ...f });
     el.activeFilter.textContent = `Filter: ${describeFilter(f)} (applying…)`;
   }
@@ -329,7 +329,8 @@
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     url.hash = "";
     const query = new URLSearchParams();
-    if (!state.plainQuery) appendFilter(query, state.connections ? state.active : desiredFilter());
+    state.queryFilter = state.plainQuery ? {} : (state.connections ? state.asked : desiredFilter());
+    appendFilter(query, state.queryFilter);
     const filtered = [...query.keys()].length > 0;
     if (state.positions.size) {
       query.set("since", positionsText(state.positions));
@@ -349,7 +350,7 @@
     setStatus("connecting", state.connections ? "Reconnecting…" : "Connecting…");
     let ws;
     try {
-      ws = new WebSocket(wsUrl());
+      ws = new WebSocket(wsUrl(), signin.protocols());
     } catch (error) {
       notice("error", `Cannot open the WebSocket: ${error.message}`);
       return;
@@ -357,17 +358,25 @@
     state.ws = ws;
     state.gotHello = false;
     ws.onmessage = (event) => { if (state.ws === ws) onMessage(event.data); };
-    ws.onclose = (event) => { if (state.ws === ws) lost(event.code); };
+    ws.onclose = (event) => { if (state.ws === ws) lost(event.code, event.reason); };
     ws.onerror = () => {}; // a close event follows
   }
 
-  function lost(code) {
+  function lost(code, reason) {
     const wasLive = state.gotHello;
     state.ws = null;
     state.gotHello = false;
     state.serverPaused = false;
     state.pingSentAt = 0;
-    if (wasLive) marker("lost", `${closeReason(code)} (code ${code}).`);
+    state.authPending = false;
+    if (code === 1008 && reason === "token expired") {
+      // Reconnecting with the same token would be refused: wait for a fresh one.
+      table.marker("lost", "Your token expired: the server closed the connection.");
+      signin.expired();
+      signedOut();
+      return;
+    }
+    if (wasLive) table.marker("lost", `${closeReason(code)} (code ${code}).`);
     scheduleReconnect(wasLive ? closeReason(code) : "Cannot reach the server");
     if (!wasLive) probe(state.queryHad);
   }
@@ -397,12 +406,64 @@
     connect();
   }
 
+  function closeQuietly() {
+    // This page closes its connection itself (a new token, signing out): no reconnect follows.
+    const ws = state.ws;
+    clearTimeout(state.retryTimer);
+    if (!ws) return;
+    ws.onmessage = ws.onclose = null;
+    try { ws.close(1000); } catch (_) { /* already closing */ }
+    state.ws = null;
+    state.gotHello = false;
+    state.serverPaused = false;
+    state.authPending = false;
+  }
+
+  function reopen(why) {
+    // A new connection now, resuming after the last record received (?since=).
+    if (state.gotHello) table.marker("lost", why);
+    closeQuietly();
+    state.signedOut = false;
+    reconnectNow();
+  }
+
+  function signedOut() {
+    // Waiting for a token (signin.js shows the form and says why).
+    closeQuietly();
+    state.signedOut = true;
+    el.reconnect.hidden = true;
+    setStatus("signin", "Sign-in needed");
+  }
+
+  function useNewToken() {
+    // A fresh token that api/session accepted: hand it to the live connection before the old
+    // one expires (answered with authenticated), or connect with it.
+    if (state.ws && state.gotHello) {
+      state.authPending = true;
+      send({ type: "auth", token: signin.token });
+    } else {
+      reopen("Connecting with the new token.");
+    }
+  }
+
+  function signOut() {
+    if (state.gotHello) table.marker("lost", "Signed out.");
+    signedOut();
+  }
+
   async function probe(had) {
     // An upgrade failed. If plain HTTP works, the server is up and refused it: a ?tail= larger
     // than it keeps (400), a filter it rejected (400), this page's origin (403) or a full or
     // stopping worker (503). Browsers do not tell which, so find out by elimination.
     if (state.probed >= 6) return;
     state.probed += 1;
+    if (signin.on || signin.token) {
+      // Refused for its token (401, 403)? Browsers do not tell; api/session does.
+      if (!(await signin.check())) {
+        signedOut();
+        return;
+      }
+    }
     let up = false;
     try {
       const response = await fetch(new URL("health", location.href), { cache: "no-store" });
@@ -471,6 +532,7 @@
       case "paused": state.serverPaused = true; showLiveStatus(); break;
       case "resumed": state.serverPaused = false; showLiveStatus(); break;
       case "pong": break;
+      case "authenticated": state.authPending = false; signin.show(message); break;
       case "error": onError(message); break;
       default: break; // newer servers may say more
     }
@@ -492,12 +554,14 @@
       if (!(state.positions.get(key) >= offset)) state.positions.set(key, offset);
     }
     state.active = hello.filter || {};
+    state.asked = state.queryFilter;
+    if (hello.auth) signin.show(hello.auth);
     showActiveFilter();
     el.serverInfo.textContent = `topic ${hello.topic} · worker ${hello.worker} · ${hello.server} ${hello.version}`;
     el.reconnect.hidden = true;
-    if (reconnected) marker("connected", "Reconnected: continuing after the last record received.");
+    if (reconnected) table.marker("connected", "Reconnected: continuing after the last record received.");
     const wanted = desiredFilter();
-    if (!sameFilter(wanted, state.active)) sendSubscribe(wanted);
+    if (!sameFilter(wanted, state.asked)) sendSubscribe(wanted);
     else state.subscribing = false;
     if (state.paused) send({ type: "pause" });
     showLiveStatus();
@@ -524,7 +588,7 @@
       state.held.push(...rows);
       if (state.held.length > MAX_ROWS) state.held.splice(0, state.held.length - MAX_ROWS);
     } else {
-      queueRows(rows);
+      table.add(rows);
     }
     updateCounters();
   }
@@ -539,7 +603,7 @@
     const text = `${fmt(missed)} record${missed === 1 ? "" : "s"} published while this page was away `
       + `are no longer held by the server and are not shown (${where.join("; ")}).`;
     notice("gap", `Gap: ${text}`);
-    marker("gap", `Gap: ${text}`);
+    table.marker("gap", `Gap: ${text}`);
     chart.mark("gap", state.lastRecordAt, Date.now(), text);
   }
 
@@ -550,20 +614,30 @@
     const text = `The server dropped ${fmt(count)} batch${count === 1 ? "" : "es"} of records because this page `
       + "fell behind or stayed paused too long.";
     notice("dropped", text);
-    marker("dropped", text);
+    table.marker("dropped", text);
     chart.mark("dropped", state.lastRecordAt, Date.now(), text);
   }
 
   function onSubscribed(message) {
     state.active = message.filter || {};
+    if (state.subscribingTo) state.asked = state.subscribingTo;
+    if (message.auth) signin.show(message.auth);
     state.subscribing = false;
+    state.subscribingTo = null;
     markFilterInvalid(false);
     showActiveFilter();
-    marker("filter", `Filter changed: ${describeFilter(state.active)}.`);
+    table.marker("filter", `Filter changed: ${describeFilter(state.active)}.`);
   }
 
   function onError(message) {
-    if (state.subscribing) {
+    if (state.authPending && String(message.error).startsWith("auth refused")) {
+      // This connection keeps its old token (a new subject, or a wider scope, needs a new
+      // connection): api/session accepted the new one, so open one with it.
+      state.authPending = false;
+      notice("error", `The server kept this connection's old token (${message.error}); reconnecting with the new one.`);
+      reopen("Reconnecting with the new token.");
+    } else if (state.subscribing) {
+      state.subscribingTo = null;
       state.subscribing = false;
       markFilterInvalid(true);
       showActiveFilter();
@@ -585,7 +659,7 @@
       send({ type: "resume" });
       const held = state.held;
       state.held = [];
-      if (held.length) render(held);
+      if (held.length) table.add(held);
     }
     showLiveStatus();
   }
@@ -605,9 +679,10 @@
   }
 
   function updateCounters() {
-    el.received.textContent = fmt(state.received);
-    el.shown.textContent = fmt(state.recordRows);
-    el.dropped.textContent = fmt(state.dropped);
+    for (const [node, n] of [[el.received, state.received], [el.shown, table.records], [el.dropped, state.dropped]]) {
+      const text = fmt(n);
+      if (node.textContent !== text) node.textContent = text;
+    }
   }
 
   function notice(kind, text) {
@@ -635,8 +710,9 @@
 
   // -- rows ---------------------------------------------------------------------------------
 
-  // The log table is laid out as grids (viewer.css): explicit roles keep it a table for
-  // assistive technology whatever its CSS display.
+  // What a row shows; logtable.js decides which rows are in the DOM and where. The log table is
+  // laid out as grids (viewer.css): explicit roles keep it a table for assistive technology
+  // whatever its CSS display.
   function tableRow() {
     const tr = document.createElement("tr");
     tr.setAttribute("role", "row");
@@ -656,7 +732,6 @@
     const tr = tableRow();
     tr.className = `rec lvl-${level}${replay ? " replay" : ""}${record.malformed ? " malformed" : ""}`;
     tr.tabIndex = -1;
-    tr.setAttribute("aria-expanded", "false");
 
     const timeCell = cell("t");
     const time = document.createElement("time");
@@ -681,143 +756,22 @@
     messageCell.append(String(record.message));
 
     tr.append(timeCell, levelCell, cell("s", String(record.service)), messageCell);
-    recordOf.set(tr, record);
     return tr;
   }
 
-  function queueRows(items) {
-    // At 2,000 records/s batches arrive every few milliseconds, and every change to a table of
-    // 1,000 rows lays all of it out again: add rows a few times a second, in a frame. Bounded
-    // like the rows themselves, for a hidden tab where frames stop.
-    state.pending.push(...items);
-    if (state.pending.length > MAX_ROWS) state.pending.splice(0, state.pending.length - MAX_ROWS);
-    if (!state.renderQueued && state.pending.length) {
-      state.renderQueued = true;
-      const wait = Math.max(0, state.lastFlushAt + ROW_FLUSH_MS - performance.now());
-      setTimeout(() => requestAnimationFrame(flushRows), wait);
-    }
-  }
-
-  function flushRows() {
-    state.renderQueued = false;
-    state.lastFlushAt = performance.now();
-    const items = state.pending;
-    state.pending = [];
-    if (items.length) render(items);
-  }
-
-  function marker(kind, text) {
-    flushRows(); // after the records that came before it
+  function makeMarker(kind, text) {
     const tr = tableRow();
     tr.className = `marker marker-${kind}`;
     const td = cell("", text);
     td.colSpan = 4;
     tr.append(td);
-    appendRows([tr], 0);
-  }
-
-  function render(items) {
-    const rows = items.slice(-MAX_ROWS).map(([record, replay]) => makeRow(record, replay));
-    appendRows(rows, rows.length);
-  }
-
-  function appendRows(rows, records) {
-    const s = el.scroller;
-    const fragment = document.createDocumentFragment();
-    fragment.append(...rows);
-    el.rows.append(fragment);
-    state.recordRows += records;
-    trim();
-    if (!state.current) setCurrent(lastRecordRow());
-    el.empty.hidden = el.rows.childElementCount > 0;
-    if (state.follow) {
-      s.scrollTop = s.scrollHeight;
-    } else {
-      state.unseen += records;
-    }
-    updateFollowButton();
-    updateCounters();
-  }
-
-  function lastRecordRow() {
-    for (let row = el.rows.lastElementChild; row; row = row.previousElementSibling) {
-      if (row.classList.contains("rec")) return row;
-    }
-    return null;
-  }
-
-  function trim() {
-    const rows = el.rows;
-    let focusLost = false;
-    // Oldest first; markers count towards a looser bound so they cannot pile up either. The rows
-    // to go are found first and removed in one operation.
-    let last = null;
-    let records = state.recordRows;
-    let count = rows.childElementCount;
-    for (let row = rows.firstElementChild; row; row = row.nextElementSibling) {
-      const over = records > MAX_ROWS || count > 2 * MAX_ROWS + 50;
-      if (!over && !row.classList.contains("details")) break;
-      if (row.classList.contains("rec")) records -= 1;
-      if (row === state.current) state.current = null;
-      if (row.contains(document.activeElement)) focusLost = true;
-      count -= 1;
-      last = row;
-    }
-    if (last) {
-      const range = document.createRange();
-      range.setStartBefore(rows.firstElementChild);
-      range.setEndAfter(last);
-      range.deleteContents();
-      state.recordRows = records;
-    }
-    if (focusLost) {
-      // The focused row was the oldest: keep the keyboard where the reader was.
-      setCurrent(rows.querySelector("tr.rec"));
-      if (state.current) state.current.focus({ preventScroll: true });
-    }
+    return tr;
   }
 
   function clearRows() {
-    el.rows.replaceChildren();
-    state.pending = [];
-    state.recordRows = 0;
+    table.clear();
     state.held = [];
-    state.current = null;
-    state.unseen = 0;
-    state.follow = true;
-    el.empty.hidden = false;
-    updateFollowButton();
     updateCounters();
-  }
-
-  function setCurrent(row) {
-    if (state.current === row) return;
-    if (state.current) state.current.tabIndex = -1;
-    state.current = row;
-    if (row) row.tabIndex = 0;
-  }
-
-  function toggle(row) {
-    const open = row.getAttribute("aria-expanded") === "true";
-    const next = row.nextElementSibling;
-    if (open) {
-      if (next && next.classList.contains("details")) next.remove();
-      row.setAttribute("aria-expanded", "false");
-      row.removeAttribute("aria-controls");
-      return;
-    }
-    const record = recordOf.get(row);
-    if (!record) return;
-    const details = makeDetails(record);
-    details.id = `details-${++detailsId}`;
-    row.after(details);
-    row.setAttribute("aria-expanded", "true");
-    row.setAttribute("aria-controls", details.id);
-    // Reading a record: stop following so that it does not scroll away.
-    if (state.follow && row !== lastRecordRow()) {
-      state.follow = false;
-      updateFollowButton();
-    }
   }
 
   function field(list, name, value, className) {
@@ -902,102 +856,15 @@
     setTimeout(() => { button.textContent = label; }, COPIED_MS);
   }
 
-  function recordRowFrom(row, step) {
-    let next = row;
-    do {
-      next = step > 0 ? next.nextElementSibling : next.previousElementSibling;
-    } while (next && !(next.classList.contains("rec") && isShown(recordOf.get(next).level)));
-    return next;
-  }
-
-  function moveFocus(row, step, count = 1) {
-    let target = row;
-    for (let i = 0; i < count; i += 1) {
-      const next = recordRowFrom(target, step);
-      if (!next) break;
-      target = next;
-    }
-    if (target !== row) focusRow(target);
-  }
-
-  function focusRow(row) {
-    if (!row) return;
-    setCurrent(row);
-    row.focus();
-  }
-
-  function onRowKey(event) {
-    const row = event.target.closest && event.target.closest("tr.rec");
-    if (!row || event.altKey || event.ctrlKey || event.metaKey) return;
-    switch (event.key) {
-      case "Enter":
-      case " ":
-        toggle(row);
-        break;
-      case "ArrowDown": moveFocus(row, 1); break;
-      case "ArrowUp": moveFocus(row, -1); break;
-      case "PageDown": moveFocus(row, 1, 10); break;
-      case "PageUp": moveFocus(row, -1, 10); break;
-      case "Home": focusRow(el.rows.querySelector("tr.rec")); break;
-      case "End": focusRow(lastRecordRow()); break;
-      default: return;
-    }
-    event.preventDefault();
-  }
-
-  function onRowClick(event) {
-    const row = event.target.closest && event.target.closest("tr.rec");
-    if (!row) return;
-    const selection = window.getSelection();
-    if (selection && selection.type === "Range" && String(selection).trim()) return; // selecting text
-    setCurrent(row);
-    row.focus({ preventScroll: true });
-    toggle(row);
-  }
-
-  // -- following the newest rows ---------------------------------------------------------
-
-  // Following stops when the reader scrolls up and starts again at the bottom. The page's own
-  // scrolling always lands at the bottom, so a scroll that ends elsewhere was the reader's. A
-  // wheel turned upwards says so at once, before a batch arriving meanwhile could snap back.
-  function onScroll() {
-    const s = el.scroller;
-    const atBottom = s.scrollHeight - s.scrollTop - s.clientHeight < 8;
-    if (atBottom !== state.follow) {
-      state.follow = atBottom;
-      if (atBottom) state.unseen = 0;
-      updateFollowButton();
-    }
-  }
-
-  function onWheel(event) {
-    if (event.deltaY < 0 && state.follow && el.scroller.scrollTop > 0) {
-      state.follow = false;
-      updateFollowButton();
-    }
-  }
-
-  function keepBottom() {
-    // The log's box changed size (notices, window): stay at the bottom when following.
-    if (state.follow) el.scroller.scrollTop = el.scroller.scrollHeight;
-  }
-
-  function updateFollowButton() {
-    el.follow.hidden = state.follow;
-    el.follow.textContent = state.unseen ? `Jump to latest (${fmt(state.unseen)} new)` : "Jump to latest";
-  }
-
-  function jumpToLatest() {
-    state.follow = true;
-    state.unseen = 0;
-    el.scroller.scrollTop = el.scroller.scrollHeight;
-    updateFollowButton();
-    el.pause.focus();
-  }
-
   // -- start ----------------------------------------------------------------------------------
 
   function start() {
+    // First: it takes the token out of the address bar before this page rewrites its URL.
+    signin = new window.SignIn({ describe: describeFilter, onToken: useNewToken, onSignOut: signOut });
+    table = new window.LogTable({
+      maxRows: MAX_ROWS, isShown, levelOf: (record) => (LEVELS.includes(record.level) ? record.level : "unknown"),
+      makeRow, makeDetails, makeMarker, onChange: updateCounters,
+    });
     chart = new window.VolumeChart({
       windowMs: CHART_WINDOW_MS, bucketMs: CHART_BUCKET_MS, isShown: (level) => state.shown.has(level),
       onToggle: toggleLevel,
@@ -1030,21 +897,16 @@
     });
     el.pause.addEventListener("click", togglePause);
     el.clear.addEventListener("click", clearRows);
-    el.follow.addEventListener("click", jumpToLatest);
-    el.reconnect.addEventListener("click", reconnectNow);
-    el.rows.addEventListener("keydown", onRowKey);
-    el.rows.addEventListener("click", onRowClick);
-    el.rows.addEventListener("focusin", (event) => {
-      const row = event.target.closest && event.target.closest("tr.rec");
-      if (row) setCurrent(row);
+    el.follow.addEventListener("click", () => {
+      table.jumpToLatest();
+      el.pause.focus();
     });
-    el.scroller.addEventListener("scroll", onScroll, { passive: true });
-    el.scroller.addEventListener("wheel", onWheel, { passive: true });
-    if (window.ResizeObserver) new ResizeObserver(keepBottom).observe(el.scroller);
-    window.addEventListener("online", reconnectNow);
+    el.reconnect.addEventListener("click", reconnectNow);
+    window.addEventListener("online", () => { if (!state.signedOut) reconnectNow(); });
     setInterval(keepalive, 2000);
     updateCounters();
-    connect();
+    // With authentication on, a page without a usable token says so rather than fail to connect.
+    signin.check().then((ok) => (ok ? connect() : signedOut()));
   }
 
   start();
