@@ -8,7 +8,7 @@ import time
 import pytest
 
 from devstack.collector import OtlpReceiver
-from tests.conftest import produce
+from tests.conftest import metric, produce, scrape
 
 
 @pytest.fixture
@@ -40,8 +40,12 @@ def test_rate_limits_and_outages_are_retried_no_sooner_than_retry_after(kafka, t
     assert [r.status for r in direct_receiver.request_log[:4]] == [status, status, status, 200]
     assert elapsed >= 3.0, f"three Retry-After: 1 answers were honoured ({elapsed:.1f}s)"
     health = proc.wait_until(lambda: (h := proc.health())["collector"]["state"] == "ok" and h, 10, "ok again")
-    assert health["kafka"]["forward"]["export_retries"] >= 3
+    assert health["kafka"]["forward"]["export_retries"] == 3
     assert health["collector"]["failed_requests"] == 3
+    samples = scrape(proc)
+    assert metric(samples, "logger_export_retries_total") == 3, "one per refused attempt, no more"
+    assert metric(samples, "logger_records_exported_total") == 50
+    assert metric(samples, "logger_records_rejected_total") == 0
 
 
 def test_a_permanent_rejection_goes_to_the_dead_letter_topic_and_moves_on(kafka, topic, service, direct_receiver,
@@ -67,6 +71,26 @@ def test_a_permanent_rejection_goes_to_the_dead_letter_topic_and_moves_on(kafka,
                     "the offsets of both batches to be committed")
     assert proc.health()["kafka"]["forward"]["records_dead_lettered"] == 10
     assert "sent to dead-letter topic" in proc.log_text()
+
+
+def test_a_permanent_rejection_without_a_dead_letter_topic_is_counted_logged_and_moves_on(kafka, topic, service,
+                                                                                        direct_receiver, run_id):
+    name = topic(1)
+    direct_receiver.fail_next(1, status=413)
+    proc = service(name, OTLP_ENDPOINT=direct_receiver.endpoint, FORWARD_BATCH_SIZE="10",
+                   FORWARD_BATCH_INTERVAL_MS="5000")
+    produce(kafka, name, values(run_id, 20))  # two full batches: the first is refused for good
+    assert seqs(direct_receiver.wait_for(10, timeout=30)) == list(range(10, 20))
+    proc.wait_until(lambda: proc.health()["kafka"]["forward"].get("records_committed") == 20, 10,
+                    "the offsets of both batches to be committed")
+    samples = scrape(proc)
+    assert metric(samples, "logger_records_rejected_total") == 10
+    assert metric(samples, "logger_records_exported_total") == 10
+    assert metric(samples, "logger_export_retries_total") == 0, "a 413 is not retried"
+    assert metric(samples, "logger_records_dead_lettered_total") == 0
+    assert proc.health()["kafka"]["forward"]["records_rejected"] == 10
+    assert "collector rejected 10 records permanently and DEAD_LETTER_TOPIC is not set" in proc.log_text()
+    assert [r.status for r in direct_receiver.request_log] == [413, 200]
 
 
 def test_a_collector_outage_never_stalls_the_live_tail_and_loses_nothing(kafka, topic, service, ws_client,
