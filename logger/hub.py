@@ -174,6 +174,7 @@ class Hub:
         it gets is the one after the last replayed record: no gap, no duplicate.
         """
         subscription = subscription or Subscription()
+        log.debug("opened WebSocket %s: filter %s", client.address, subscription.filter.describe())
         client.send(_message_frame({
             "type": "hello", "server": "logger-service", "version": logger.__version__,
             "topic": self.settings.kafka_topic, "worker": os.getpid(),

@@ -7,6 +7,7 @@ import json
 import signal
 import time
 
+import pytest
 import requests
 
 from devstack.waiting import wait_until
@@ -101,3 +102,19 @@ def test_log_lines_are_json_with_the_client_address_seen_through_trusted_proxies
         for line in proc.log_text().splitlines():
             if line.startswith("{"):
                 assert {"time", "level", "logger", "pid", "message"} <= set(json.loads(line))
+
+
+@pytest.mark.parametrize("level, shown", [("debug", {"debug", "info"}), ("info", {"info"}), ("warning", set())])
+def test_log_level_decides_which_lines_are_written(kafka, topic, service, ws_client, level, shown):
+    proc = service(topic(1), LOG_LEVEL=level, LOG_FORMAT="json")
+    client = ws_client(proc.ws_url)
+    # The hub logs "opened WebSocket" (debug) before it sends hello: once hello is here,
+    # the line was written if the level lets it through.
+    wait_until(lambda: client.messages, 10, "hello")
+    lines = [json.loads(line) for line in proc.log_text().splitlines() if line.startswith("{")]
+    ours = [line for line in lines if line["logger"].startswith(("logger.", "gunicorn.error"))]
+    assert {line["level"] for line in ours} & {"debug", "info"} == shown, ours
+    opened = [line for line in ours if line["message"].startswith("opened WebSocket")]
+    assert bool(opened) == ("debug" in shown)
+    started = [line for line in ours if line["message"].startswith("pipeline started")]
+    assert bool(started) == ("info" in shown)
