@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from devstack.collector import OtlpReceiver
 from devstack.waiting import wait_until
 from tests.conftest import metric as value
 from tests.conftest import produce, scrape
@@ -82,6 +83,39 @@ def test_readiness_flips_during_start_and_drain(kafka, topic, service):
     assert status == 503 and body["waiting"]["service"] == "draining"
     connection.close()
     assert proc.wait(20) == 0
+
+
+def test_a_websocket_upgrade_during_the_drain_is_answered_503(kafka, topic, service):
+    name = topic(1)
+    with OtlpReceiver() as hanging:
+        hanging.delay = 60.0  # the export in flight holds the drain open (GRACEFUL_TIMEOUT 6: ~3 s)
+        proc = service(name, OTLP_ENDPOINT=hanging.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="60",
+                       GRACEFUL_TIMEOUT="6")
+        connection = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=5)  # kept alive across the signal
+        connection.request("GET", "/ready")
+        ready = connection.getresponse()
+        ready.read()
+        assert ready.status == 200
+        produce(kafka, name, [b'{"message": "in flight"}'])
+        hanging.wait_started(1, timeout=20)
+        proc.signal(signal.SIGTERM)
+
+        def draining() -> bool:
+            connection.request("GET", "/ready")
+            response = connection.getresponse()
+            response.read()
+            return response.status == 503
+        wait_until(draining, 10, "/ready to answer 503")  # the listener is closed: only this connection is served
+        connection.request("GET", "/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                                  "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                  "Sec-WebSocket-Version": "13"})
+        refused = connection.getresponse()
+        body = refused.read().decode()
+        assert refused.status == 503, (refused.status, body)
+        assert "shutting down" in body
+        connection.close()
+        assert proc.wait(20) == 0
+        assert "refused a WebSocket upgrade from 127.0.0.1: server is shutting down" in proc.log_text()
 
 
 def test_log_lines_are_json_with_the_client_address_seen_through_trusted_proxies(kafka, topic, service):
