@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import select
 import signal
+import socket
 import time
+from contextlib import ExitStack
 
 import pytest
 import requests
@@ -152,3 +156,73 @@ def test_log_level_decides_which_lines_are_written(kafka, topic, service, ws_cli
     assert bool(opened) == ("debug" in shown)
     started = [line for line in ours if line["message"].startswith("pipeline started")]
     assert bool(started) == ("info" in shown)
+
+
+def held_connections(port: int, count: int, stack: ExitStack, head: bytes = b"") -> list[socket.socket]:
+    """``count`` connections to the service, each having sent ``head``; closed with ``stack``."""
+    socks = []
+    for _ in range(count):
+        sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+        if head:
+            sock.sendall(head)
+        socks.append(sock)
+    return socks
+
+
+def answered(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(4096)
+    except TimeoutError:
+        return b""
+
+
+PARTIAL_HEAD = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # never finished: holds a pool slot
+FULL_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+def test_worker_connections_is_ws_max_clients_plus_1000_requests_in_progress(kafka, topic, service):
+    # WS_MAX_CLIENTS=1: gevent's pool serves 1001 connections at once (Gunicorn's default is
+    # 1000). Connections are accepted in order, so a request answered after N held heads
+    # means those N were taken first and are still held.
+    proc = service(topic(1), WS_MAX_CLIENTS="1", HTTP_HEAD_TIMEOUT_S="60")
+    with ExitStack() as stack:
+        held_connections(proc.port, 1000, stack, PARTIAL_HEAD)
+        probe = held_connections(proc.port, 1, stack, FULL_REQUEST)[0]
+        assert answered(probe, 10).startswith(b"HTTP/1.1 200"), "a 1001st request is served"
+        held = held_connections(proc.port, 1, stack, PARTIAL_HEAD)  # now all 1001 slots are taken
+        waiting = held_connections(proc.port, 1, stack, FULL_REQUEST)[0]
+        assert answered(waiting, 1.0) == b"", "a 1002nd waits for a free slot"
+        held[0].close()
+        assert answered(waiting, 10).startswith(b"HTTP/1.1 200"), "and is served once one is free"
+
+
+def test_the_listen_backlog_takes_a_reconnect_storm_while_the_worker_is_busy(kafka, topic, service):
+    # While the worker accepts nothing (stopped here), the kernel completes handshakes for
+    # up to the listen backlog (4096, capped by net.core.somaxconn) and drops further SYNs;
+    # with Gunicorn's default of 2048, 3000 connections would not all get through.
+    storm = 3000
+    somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+    assert somaxconn >= storm, f"net.core.somaxconn={somaxconn} caps the backlog below this test's storm"
+    proc = service(topic(1))
+    worker = proc.health()["worker"]
+    with ExitStack() as stack:
+        os.kill(worker, signal.SIGSTOP)
+        stack.callback(os.kill, worker, signal.SIGCONT)
+        pending = {}
+        for _ in range(storm):
+            sock = stack.enter_context(socket.socket())
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", proc.port))
+            pending[sock.fileno()] = sock
+        poller = select.poll()
+        for fd in pending:
+            poller.register(fd, select.POLLOUT)
+        deadline = time.monotonic() + 5  # well under Gunicorn's 30 s worker timeout
+        while pending and time.monotonic() < deadline:
+            for fd, _ in poller.poll(100):
+                poller.unregister(fd)
+                assert pending.pop(fd).getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        assert len(pending) == 0, f"{len(pending)} of {storm} connections not established while the worker was busy"
+        os.kill(worker, signal.SIGCONT)
+    assert proc.health()["worker"] == worker, "the worker went on"
