@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 
 import pytest
 
-from devstack.collector import OtlpReceiver
+from devstack.collector import OtlpReceiver, Reply
 from tests.conftest import metric, produce, scrape
 
 
@@ -91,6 +92,21 @@ def test_a_permanent_rejection_without_a_dead_letter_topic_is_counted_logged_and
     assert proc.health()["kafka"]["forward"]["records_rejected"] == 10
     assert "collector rejected 10 records permanently and DEAD_LETTER_TOPIC is not set" in proc.log_text()
     assert [r.status for r in direct_receiver.request_log] == [413, 200]
+
+
+def test_an_answer_slower_than_the_otlp_timeout_is_given_up_and_the_batch_retried(kafka, topic, service,
+                                                                                   direct_receiver, run_id):
+    # The default timeout (10 s) would wait the 3 s out: no retry, no error.
+    name = topic(1)
+    direct_receiver.responses.append(Reply(delay=3.0))
+    proc = service(name, OTLP_ENDPOINT=direct_receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="1")
+    produce(kafka, name, values(run_id, 10))
+    # The slow answer's records were taken all the same (as a real collector would): at-least-once.
+    records = direct_receiver.wait_for(20, timeout=30)
+    assert Counter(r["attributes"]["seq"] for r in records) == {seq: 2 for seq in range(10)}
+    proc.wait_until(lambda: proc.health()["kafka"]["forward"].get("records_committed") == 10, 10, "the commit")
+    assert proc.health()["kafka"]["forward"]["export_retries"] == 1
+    assert "read timeout=1" in proc.log_text(), "the collector reported degraded with the timeout"
 
 
 def test_a_collector_outage_never_stalls_the_live_tail_and_loses_nothing(kafka, topic, service, ws_client,

@@ -9,7 +9,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from devstack.waiting import wait_until
-from tests.conftest import produce
+from tests.conftest import metric, produce, scrape
 
 LEVELS = ["debug", "info", "WARNING", "err", "fatal"]
 SEVERITY = {"debug": (5, "debug"), "info": (9, "info"), "WARNING": (13, "warn"), "err": (17, "error"),
@@ -137,6 +137,9 @@ def test_malformed_values_are_delivered_as_text_and_counted(kafka, topic, servic
     health = proc.health()
     assert health["kafka"]["tail"]["records_malformed"] == 1
     assert health["kafka"]["forward"]["records_malformed"] == 1
+    samples = scrape(proc)
+    assert metric(samples, "logger_records_malformed_total", path="tail") == 1
+    assert metric(samples, "logger_records_malformed_total", path="forward") == 1
 
 
 def _hello(client, timeout: float = 5.0) -> dict:
