@@ -112,6 +112,9 @@ def test_other_routes_are_not_upgraded(kafka, topic, service):
     ({"GRACEFUL_TIMEOUT": "20s"}, "GRACEFUL_TIMEOUT='20s' is invalid: expected an integer from 1 to 3600"),
     ({"GRACEFUL_TIMEOUT": "-1"}, "GRACEFUL_TIMEOUT='-1' is invalid"),
     ({"ACCESS_LOG": "maybe"}, "ACCESS_LOG='maybe' is invalid: expected true or false"),
+    # Once five seconds of Gunicorn's retries, then lines that did not name the variable.
+    ({"HOST": "no-such-host.invalid"}, "HOST='no-such-host.invalid' is invalid: expected an IP address or a host "
+                                       "name that resolves"),
 ])
 def test_a_bad_setting_stops_start_up_with_one_line(env, line):
     returncode, stderr = start_gunicorn_expecting_failure(env)
