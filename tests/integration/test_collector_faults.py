@@ -109,6 +109,37 @@ def test_an_answer_slower_than_the_otlp_timeout_is_given_up_and_the_batch_retrie
     assert "read timeout=1" in proc.log_text(), "the collector reported degraded with the timeout"
 
 
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def test_while_an_export_retries_nothing_new_is_read_and_memory_stays_at_one_batch(kafka, topic, service, run_id):
+    name = topic(1)
+    receiver = OtlpReceiver().start()
+    port = receiver.port
+    receiver.stop()  # the collector is down from the start
+    # No tail: its replay ring would hold records too. The forward path alone is measured.
+    proc = service(name, OTLP_ENDPOINT=f"127.0.0.1:{port}", EXPORT_RETRY_MAX_S="1", TAIL_ENABLED="false",
+                   FORWARD_BATCH_SIZE="100")
+    worker = proc.health()["worker"]
+    before = rss_bytes(worker)
+    pad = "x" * 4000
+    produce(kafka, name, [json.dumps({"run": run_id, "seq": i, "message": pad}).encode() for i in range(5000)])
+
+    def consumed_after_retries(count: int) -> float | None:
+        retries = proc.health()["kafka"]["forward"].get("export_retries", 0)
+        return metric(scrape(proc), "logger_records_consumed_total", path="forward") if retries >= count else None
+    held = proc.wait_until(lambda: consumed_after_retries(3), 20, "three retries")
+    assert 0 < held <= 100, "one batch read"
+    assert proc.wait_until(lambda: consumed_after_retries(6), 20, "three more retries") == held, "nothing new read"
+    grown = rss_bytes(worker) - before
+    assert grown < 8 << 20, f"the worker grew by {grown >> 20} MiB while 20 MB waited in Kafka"
+
+    with OtlpReceiver(port=port) as back:  # the collector comes back: Kafka kept the rest
+        assert seqs(back.wait_for(5000, timeout=60)) == list(range(5000))
+
+
 def test_a_collector_outage_never_stalls_the_live_tail_and_loses_nothing(kafka, topic, service, ws_client,
                                                                         run_id):
     name = topic(1)
