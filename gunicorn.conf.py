@@ -8,6 +8,7 @@ value stops start-up here, in the master, with one line naming the variable.
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -26,6 +27,16 @@ from logger.config import Settings, _Env  # noqa: E402
 from logger.errors import ConfigError  # noqa: E402
 from logger.logs import gunicorn_logconfig  # noqa: E402
 
+
+def _resolvable(host: str) -> str:
+    # Gunicorn would retry an unresolvable name for 5 s, then exit with lines that name no variable.
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        raise ValueError(host) from None
+    return host
+
+
 try:
     settings = Settings.from_env()
     # Gunicorn's own settings, checked the same way (one line naming the variable).
@@ -33,13 +44,14 @@ try:
     web_concurrency = server_env.integer("WEB_CONCURRENCY", 1, 1, 256)
     graceful_timeout_s = server_env.integer("GRACEFUL_TIMEOUT", 20, 1, 3600)
     access_log_on = server_env.boolean("ACCESS_LOG", True)
+    listen_host = server_env.parse("HOST", "0.0.0.0", _resolvable, "an IP address or a host name that resolves")
 except ConfigError as error:
     sys.stderr.write(f"logger-service: configuration error: {error}\n")
     sys.exit(2)
 
 # -- Server socket ----------------------------------------------------------------
 # HOST exists so tests and sidecar set-ups can bind to 127.0.0.1 only.
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{settings.port}"
+bind = f"{listen_host}:{settings.port}"
 # A reconnect storm of 10k clients needs a deep accept queue (128 dropped SYNs
 # for seconds; 4096 took them at once). The kernel caps it at net.core.somaxconn.
 backlog = 4096

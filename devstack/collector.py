@@ -7,6 +7,9 @@ Two pieces, usable together or alone:
   ``opentelemetry-proto`` classes and keeps every accepted LogRecord, flattened
   with its resource attributes. Its answers can be scripted (``responses``,
   ``fail_next``, ``delay``) to test how a sender handles 429/503/400/slowness.
+  It can serve HTTPS with a certificate of :mod:`devstack.certs` (``tls``) and
+  refuse, with 401, requests that lack a header (``required_headers``), as a
+  collector behind an authenticating gateway does.
 * ``RotelCollector`` -- the real Rotel collector binary shipped by the ``rotel``
   PyPI package, on free loopback ports, whose OTLP exporter (HTTP/protobuf)
   forwards to an ``OtlpReceiver``. Tests send to the real collector and assert
@@ -22,6 +25,7 @@ import gzip
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -42,6 +46,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 # Ports below the ephemeral range: a sender reconnecting in a loop to a stopped
 # receiver/collector can never self-connect to them (see devstack/ports.py).
+from .certs import TlsFiles
 from .children import die_with_parent
 from .ports import free_port, free_ports
 
@@ -99,15 +104,20 @@ class OtlpReceiver:
     duplicates them: that is what at-least-once looks like.
     """
 
-    def __init__(self, port: int = 0, path: str = LOGS_PATH) -> None:
+    def __init__(self, port: int = 0, path: str = LOGS_PATH, *, tls: TlsFiles | None = None,
+                 required_headers: dict[str, str] | None = None) -> None:
         self.path = path
         self._port = port
+        self.tls = tls  # serve HTTPS with tls.chain_file / tls.key_file
+        # Lower-case name -> exact value; a request without them is answered 401.
+        self.required_headers = {k.lower(): v for k, v in (required_headers or {}).items()}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.started = 0
         self._records: list[dict[str, Any]] = []
         self._exports: list[ExportLogsServiceRequest] = []
         self.request_log: list[RequestInfo] = []
+        self.tls_errors: list[str] = []  # failed TLS handshakes, as the server saw them
         # Scripted answers, consumed one per request; empty -> Reply().
         self.responses: deque[Reply] = deque()
         self.delay: float = 0.0  # applied to every request (plus Reply.delay)
@@ -133,6 +143,14 @@ class OtlpReceiver:
                     owner._conns.discard(self.connection)
                 super().finish()
 
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except ssl.SSLError as exc:  # a client that refused our certificate, say
+                    with owner._changed:
+                        owner.tls_errors.append(str(exc))
+                        owner._changed.notify_all()
+
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
                 owner._handle(self)
 
@@ -143,6 +161,13 @@ class OtlpReceiver:
         self._port = self._port or free_port()
         self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls.chain_file, self.tls.key_file)
+            # The handshake then runs in each handler thread (on the first read), so a
+            # client that fails it never holds up the accepting thread.
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
         self._port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-receiver", daemon=True)
         self._thread.start()
@@ -179,8 +204,8 @@ class OtlpReceiver:
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:PORT`` (what Rotel's OTLP exporter wants)."""
-        return f"http://127.0.0.1:{self._port}"
+        """``http://127.0.0.1:PORT`` (what Rotel's OTLP exporter wants); ``https`` with ``tls``."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._port}"
 
     @property
     def endpoint(self) -> str:
@@ -294,8 +319,11 @@ class OtlpReceiver:
         error: str | None = None
         req: ExportLogsServiceRequest | None = None
         status = reply.status
+        missing = [name for name, value in self.required_headers.items() if headers.get(name) != value]
         if h.path.split("?", 1)[0] != self.path:
             status, error = 404, f"unknown path {h.path}"
+        elif missing:
+            status, error = 401, f"missing or wrong header {', '.join(missing)}"
         elif "protobuf" not in headers.get("content-type", ""):
             # Only binary protobuf: OTLP/JSON has hex ids that proto JSON parsing would get wrong.
             status, error = 415, f"unsupported content-type {headers.get('content-type')!r}"

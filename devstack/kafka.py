@@ -9,8 +9,10 @@ which Maven copies once into ``$LOGGER_SERVICE_CACHE/kafka-<version>/libs``
 One JVM is broker and controller at once. It listens on 127.0.0.1 only, on
 three free ports that stay fixed for the object's lifetime, so ``restart()``
 comes back where clients expect it: PLAINTEXT (``bootstrap``), SASL_PLAINTEXT
-with PLAIN (``sasl_bootstrap``, user ``username``/``password``) and the
-controller. Topics are never auto-created: tests create what they use.
+with PLAIN (``sasl_bootstrap``, user ``username``/``password``), SCRAM-SHA-256
+and SCRAM-SHA-512 (one user per mechanism, ``scram_username(mechanism)``, same
+password; written into the cluster metadata when the storage is formatted)
+and the controller. Topics are never auto-created: tests create what they use.
 
 ``KafkaBroker(tls=True)`` adds a fourth listener, SASL_SSL with PLAIN for the
 same user (``sasl_ssl_bootstrap``), whose certificate, for 127.0.0.1 and
@@ -55,7 +57,11 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 sasl.enabled.mechanisms=PLAIN
+# The SASL_PLAINTEXT listener also takes SCRAM, for the users format writes (--add-scram).
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config={scram_jaas}
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={scram_jaas}
 log.dirs={log_dirs}
 auto.create.topics.enable=false
 # One node: internal topics get one replica, and one partition, so the first
@@ -93,6 +99,10 @@ listener.name.sasl_ssl.ssl.keystore.password={keystore_password}
 listener.name.sasl_ssl.ssl.key.password={keystore_password}
 listener.name.sasl_ssl.ssl.client.auth=none
 """
+
+# SCRAM credentials live in the cluster metadata (written at format time), not in JAAS.
+_SCRAM_JAAS = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 
 _LOG4J2 = """\
 # All to stdout, which the harness sends to <data dir>/server.log.
@@ -254,16 +264,23 @@ class KafkaBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def client_config(self, *, sasl: bool = False, tls: bool = False) -> dict[str, Any]:
-        """kafka-python settings for the PLAINTEXT, the SASL/PLAIN or (``tls``) the SASL_SSL listener."""
+    def scram_username(self, mechanism: str) -> str:
+        """The user that exists for ``mechanism`` alone (``logger-scram-sha-512``): a client that
+        logs in as it with any other mechanism, PLAIN included, is refused."""
+        return f"{self.username}-{mechanism.lower()}"
+
+    def client_config(self, *, sasl: bool = False, tls: bool = False, mechanism: str = "PLAIN") -> dict[str, Any]:
+        """kafka-python settings for the PLAINTEXT, the SASL_PLAINTEXT (``mechanism``: PLAIN or
+        SCRAM-SHA-256/512) or (``tls``) the SASL_SSL listener."""
         if tls:
             return {"bootstrap_servers": self.sasl_ssl_bootstrap, "security_protocol": "SASL_SSL",
                     "ssl_cafile": self.ca_file, "sasl_mechanism": "PLAIN",
                     "sasl_plain_username": self.username, "sasl_plain_password": self.password}
         if not sasl:
             return {"bootstrap_servers": self.bootstrap}
+        user = self.username if mechanism == "PLAIN" else self.scram_username(mechanism)
         return {"bootstrap_servers": self.sasl_bootstrap, "security_protocol": "SASL_PLAINTEXT",
-                "sasl_mechanism": "PLAIN", "sasl_plain_username": self.username,
+                "sasl_mechanism": mechanism, "sasl_plain_username": user,
                 "sasl_plain_password": self.password}
 
     # -- lifecycle ---------------------------------------------------------------
@@ -386,6 +403,7 @@ class KafkaBroker:
         tls = self.tls_files
         text = _SERVER_PROPERTIES.format(node_id=self.node_id, port=self.port, sasl_port=self.sasl_port,
                                          controller_port=self.controller_port, jaas=jaas,
+                                         scram_jaas=_SCRAM_JAAS,
                                          log_dirs=self.data_dir / "logs",
                                          tls_listener=f",SASL_SSL://127.0.0.1:{self.sasl_ssl_port}" if tls else "",
                                          tls_protocol=",SASL_SSL:SASL_SSL" if tls else "")
@@ -404,8 +422,11 @@ class KafkaBroker:
         # --standalone: this node alone is the controller quorum (KIP-853),
         # as in Kafka's quickstart. A short-lived JVM starts faster on C1 alone.
         cds = [f"-XX:SharedArchiveFile={archive}"] if archive.exists() else []
+        scram = [arg for mechanism in SCRAM_MECHANISMS
+                 for arg in ("--add-scram", f"{mechanism}=[name={self.scram_username(mechanism)},"
+                                            f"password={self.password}]")]
         cmd = [*jvm, *cds, "-Xmx128m", "-XX:TieredStopAtLevel=1", "kafka.tools.StorageTool",
-               "format", "--standalone", "-t", _cluster_id(), "-c", str(props)]
+               "format", "--standalone", "-t", _cluster_id(), "-c", str(props), *scram]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True,
                                   timeout=max(1.0, deadline - time.monotonic()))

@@ -211,6 +211,7 @@ class Hub:
         """
         subscription = subscription or Subscription()
         client.grant = subscription.grant
+        log.debug("opened WebSocket %s: filter %s", client.address, subscription.filter.describe())
         client.send(_message_frame({
             "type": "hello", "server": "logger-service", "version": logger.__version__,
             "topic": self.settings.kafka_topic, "worker": os.getpid(),

@@ -146,16 +146,27 @@ def describe_kafka_error(exc: BaseException, settings: Settings, client_log: Kaf
     if isinstance(exc, kafka_errors.SaslAuthenticationFailedError) or "authentication" in reason:
         return (f"Kafka authentication failed at {brokers} for API key {settings.kafka_api_key!r} "
                 f"({settings.kafka_sasl_mechanism}): check KAFKA_API_KEY and KAFKA_API_SECRET")
+    if settings.kafka_sasl and "socket disconnected" in reason and _bootstrap_timeout(exc):
+        # The broker answers a refused login and hangs up at once; kafka-python drops bytes
+        # that arrive with the hang-up (kafka/net/transport.py, _sock_recv then abort), so a
+        # refused SCRAM login mostly reads as a bare disconnect after the connection was made.
+        return (f"Kafka at {brokers} closed the connection during the SASL login for API key "
+                f"{settings.kafka_api_key!r} ({settings.kafka_sasl_mechanism}), as it does when it refuses "
+                "the credentials: check KAFKA_API_KEY and KAFKA_API_SECRET (and KAFKA_SASL_MECHANISM)")
     if isinstance(exc, kafka_errors.AuthorizationError):
         return f"Kafka refused access ({type(exc).__name__}) for topic {settings.kafka_topic!r}"
     if "certificate" in reason or "ssl" in reason:
         return _describe_tls(cause or str(exc), settings, brokers)
-    if isinstance(exc, kafka_errors.KafkaTimeoutError) and "bootstrap" in str(exc).lower():
+    if _bootstrap_timeout(exc):
         return (f"no Kafka broker reachable at {brokers} over {settings.kafka_security_protocol}"
                 f"{' (' + cause + ')' if cause else ''}: check KAFKA_BROKER_URL")
     if isinstance(exc, TopicMissing):
         return str(exc)
     return f"Kafka error: {type(exc).__name__}: {exc}"
+
+
+def _bootstrap_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, kafka_errors.KafkaTimeoutError) and "bootstrap" in str(exc).lower()
 
 
 def _describe_tls(cause: str, settings: Settings, brokers: str) -> str:

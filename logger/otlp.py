@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+import requests
 from opentelemetry.exporter.otlp.common.http import _extract_retry_after
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -49,7 +50,7 @@ class OtlpSink:
         # probe found during the current run of failures (None: not probed yet).
         self.grpc_error = grpc_error or f"collector at {endpoint} answers like an OTLP/gRPC server (HTTP/2 only)"
         self._verdict: str | None = None
-        self._exporter = OTLPLogExporter(endpoint=endpoint)
+        self._exporter = OTLPLogExporter(endpoint=endpoint, session=SessionKeepingItsCa())
         self._base_resource = [
             _key_value(key, value)
             for key, value in OTELResourceDetector().detect().attributes.items()
@@ -142,6 +143,21 @@ class OtlpSink:
     def shutdown(self) -> None:
         """Abort any retry the HTTP client is sleeping in, and close its session."""
         self._exporter.shutdown()
+
+
+class SessionKeepingItsCa(requests.Session):
+    """A requests session whose own CA file (``verify``) wins over the environment's.
+
+    requests lets ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` override a session's
+    ``verify`` (psf/requests#3829, #4726; to change only in requests 3). The exporter
+    puts ``OTEL_EXPORTER_OTLP_CERTIFICATE`` there, so wherever a base image sets either
+    variable the collector's private CA was silently ignored and every export refused.
+    """
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        if verify is None and self.verify is not True:
+            verify = self.verify
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
 
 def _post(exporter: OTLPLogExporter, payload: bytes) -> Any:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from devstack.collector import OtlpReceiver
 from tests.conftest import metric, produce, scrape
 from tests.ws_frames import Close, FrameReader, Opcode
 from tests.wsload import ClientPool, RawClient, handshake, masked_frame, parse_frames
@@ -65,6 +66,30 @@ def test_a_stalled_client_loses_batches_and_is_closed_as_slow_while_others_get_e
     finally:
         healthy.close()
         stalled.close()
+
+
+def test_clients_that_never_read_do_not_delay_the_collector(kafka, topic, service):
+    # The stall timeout and pings are far off: the stalled clients stay connected, backed up,
+    # for the whole test. If their full sockets held up the worker, the forward path would
+    # stop with them until WS_STALL_TIMEOUT_S (60 s) closed them, past the 30 s deadline.
+    name = topic(1)
+    with OtlpReceiver() as collector:
+        proc = service(name, OTLP_ENDPOINT=collector.endpoint, WS_CLIENT_BUFFER_BYTES="65536",
+                       WS_STALL_TIMEOUT_S="60", WS_PING_INTERVAL_S="60", TAIL_BATCH_SIZE="20")
+        stalled = []
+        try:
+            for _ in range(20):
+                sock, status, _ = handshake("127.0.0.1", proc.port, rcvbuf=4096)
+                assert status == 101
+                stalled.append(sock)
+            produce(kafka, name, big_values(4000))  # ~8 MB: every stalled client backs up within the first MB
+            records = collector.wait_for(4000, timeout=30)
+            assert sorted(r["attributes"]["seq"] for r in records) == list(range(4000))
+            assert proc.health()["clients"] == 20, "still connected and stalled: not closed to free the worker"
+            assert metric(scrape(proc), "logger_ws_dropped_batches_total") > 0, "the clients did back up"
+        finally:
+            for sock in stalled:
+                sock.close()
 
 
 def test_a_client_that_stops_reading_is_told_how_many_batches_it_lost(kafka, topic, service):

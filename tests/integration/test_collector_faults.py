@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 
 import pytest
 
-from devstack.collector import OtlpReceiver
-from tests.conftest import produce
+from devstack.collector import OtlpReceiver, Reply
+from tests.conftest import metric, produce, scrape
 
 
 @pytest.fixture
@@ -40,8 +41,12 @@ def test_rate_limits_and_outages_are_retried_no_sooner_than_retry_after(kafka, t
     assert [r.status for r in direct_receiver.request_log[:4]] == [status, status, status, 200]
     assert elapsed >= 3.0, f"three Retry-After: 1 answers were honoured ({elapsed:.1f}s)"
     health = proc.wait_until(lambda: (h := proc.health())["collector"]["state"] == "ok" and h, 10, "ok again")
-    assert health["kafka"]["forward"]["export_retries"] >= 3
+    assert health["kafka"]["forward"]["export_retries"] == 3
     assert health["collector"]["failed_requests"] == 3
+    samples = scrape(proc)
+    assert metric(samples, "logger_export_retries_total") == 3, "one per refused attempt, no more"
+    assert metric(samples, "logger_records_exported_total") == 50
+    assert metric(samples, "logger_records_rejected_total") == 0
 
 
 def test_a_permanent_rejection_goes_to_the_dead_letter_topic_and_moves_on(kafka, topic, service, direct_receiver,
@@ -67,6 +72,72 @@ def test_a_permanent_rejection_goes_to_the_dead_letter_topic_and_moves_on(kafka,
                     "the offsets of both batches to be committed")
     assert proc.health()["kafka"]["forward"]["records_dead_lettered"] == 10
     assert "sent to dead-letter topic" in proc.log_text()
+
+
+def test_a_permanent_rejection_without_a_dead_letter_topic_is_counted_logged_and_moves_on(kafka, topic, service,
+                                                                                        direct_receiver, run_id):
+    name = topic(1)
+    direct_receiver.fail_next(1, status=413)
+    proc = service(name, OTLP_ENDPOINT=direct_receiver.endpoint, FORWARD_BATCH_SIZE="10",
+                   FORWARD_BATCH_INTERVAL_MS="5000")
+    produce(kafka, name, values(run_id, 20))  # two full batches: the first is refused for good
+    assert seqs(direct_receiver.wait_for(10, timeout=30)) == list(range(10, 20))
+    proc.wait_until(lambda: proc.health()["kafka"]["forward"].get("records_committed") == 20, 10,
+                    "the offsets of both batches to be committed")
+    samples = scrape(proc)
+    assert metric(samples, "logger_records_rejected_total") == 10
+    assert metric(samples, "logger_records_exported_total") == 10
+    assert metric(samples, "logger_export_retries_total") == 0, "a 413 is not retried"
+    assert metric(samples, "logger_records_dead_lettered_total") == 0
+    assert proc.health()["kafka"]["forward"]["records_rejected"] == 10
+    assert "collector rejected 10 records permanently and DEAD_LETTER_TOPIC is not set" in proc.log_text()
+    assert [r.status for r in direct_receiver.request_log] == [413, 200]
+
+
+def test_an_answer_slower_than_the_otlp_timeout_is_given_up_and_the_batch_retried(kafka, topic, service,
+                                                                                   direct_receiver, run_id):
+    # The default timeout (10 s) would wait the 3 s out: no retry, no error.
+    name = topic(1)
+    direct_receiver.responses.append(Reply(delay=3.0))
+    proc = service(name, OTLP_ENDPOINT=direct_receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="1")
+    produce(kafka, name, values(run_id, 10))
+    # The slow answer's records were taken all the same (as a real collector would): at-least-once.
+    records = direct_receiver.wait_for(20, timeout=30)
+    assert Counter(r["attributes"]["seq"] for r in records) == {seq: 2 for seq in range(10)}
+    proc.wait_until(lambda: proc.health()["kafka"]["forward"].get("records_committed") == 10, 10, "the commit")
+    assert proc.health()["kafka"]["forward"]["export_retries"] == 1
+    assert "read timeout=1" in proc.log_text(), "the collector reported degraded with the timeout"
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def test_while_an_export_retries_nothing_new_is_read_and_memory_stays_at_one_batch(kafka, topic, service, run_id):
+    name = topic(1)
+    receiver = OtlpReceiver().start()
+    port = receiver.port
+    receiver.stop()  # the collector is down from the start
+    # No tail: its replay ring would hold records too. The forward path alone is measured.
+    proc = service(name, OTLP_ENDPOINT=f"127.0.0.1:{port}", EXPORT_RETRY_MAX_S="1", TAIL_ENABLED="false",
+                   FORWARD_BATCH_SIZE="100")
+    worker = proc.health()["worker"]
+    before = rss_bytes(worker)
+    pad = "x" * 4000
+    produce(kafka, name, [json.dumps({"run": run_id, "seq": i, "message": pad}).encode() for i in range(5000)])
+
+    def consumed_after_retries(count: int) -> float | None:
+        retries = proc.health()["kafka"]["forward"].get("export_retries", 0)
+        return metric(scrape(proc), "logger_records_consumed_total", path="forward") if retries >= count else None
+    held = proc.wait_until(lambda: consumed_after_retries(3), 20, "three retries")
+    assert 0 < held <= 100, "one batch read"
+    assert proc.wait_until(lambda: consumed_after_retries(6), 20, "three more retries") == held, "nothing new read"
+    grown = rss_bytes(worker) - before
+    assert grown < 8 << 20, f"the worker grew by {grown >> 20} MiB while 20 MB waited in Kafka"
+
+    with OtlpReceiver(port=port) as back:  # the collector comes back: Kafka kept the rest
+        assert seqs(back.wait_for(5000, timeout=60)) == list(range(5000))
 
 
 def test_a_collector_outage_never_stalls_the_live_tail_and_loses_nothing(kafka, topic, service, ws_client,

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import select
 import signal
+import socket
 import time
+from contextlib import ExitStack
 
+import pytest
 import requests
 
+from devstack.collector import OtlpReceiver
 from devstack.waiting import wait_until
 from tests.conftest import metric as value
 from tests.conftest import produce, scrape
@@ -105,6 +111,39 @@ def test_readiness_flips_during_start_and_drain(kafka, topic, service):
     assert proc.wait(20) == 0
 
 
+def test_a_websocket_upgrade_during_the_drain_is_answered_503(kafka, topic, service):
+    name = topic(1)
+    with OtlpReceiver() as hanging:
+        hanging.delay = 60.0  # the export in flight holds the drain open (GRACEFUL_TIMEOUT 6: ~3 s)
+        proc = service(name, OTLP_ENDPOINT=hanging.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="60",
+                       GRACEFUL_TIMEOUT="6")
+        connection = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=5)  # kept alive across the signal
+        connection.request("GET", "/ready")
+        ready = connection.getresponse()
+        ready.read()
+        assert ready.status == 200
+        produce(kafka, name, [b'{"message": "in flight"}'])
+        hanging.wait_started(1, timeout=20)
+        proc.signal(signal.SIGTERM)
+
+        def draining() -> bool:
+            connection.request("GET", "/ready")
+            response = connection.getresponse()
+            response.read()
+            return response.status == 503
+        wait_until(draining, 10, "/ready to answer 503")  # the listener is closed: only this connection is served
+        connection.request("GET", "/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                                  "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                  "Sec-WebSocket-Version": "13"})
+        refused = connection.getresponse()
+        body = refused.read().decode()
+        assert refused.status == 503, (refused.status, body)
+        assert "shutting down" in body
+        connection.close()
+        assert proc.wait(20) == 0
+        assert "refused a WebSocket upgrade from 127.0.0.1: server is shutting down" in proc.log_text()
+
+
 def test_log_lines_are_json_with_the_client_address_seen_through_trusted_proxies(kafka, topic, service):
     trusting = service(topic(1), TRUSTED_PROXIES="127.0.0.0/8", ACCESS_LOG="true", LOG_FORMAT="json")
     requests.get(trusting.url + "/health", headers={"X-Forwarded-For": "203.0.113.7, 127.0.0.5"}, timeout=5)
@@ -123,3 +162,89 @@ def test_log_lines_are_json_with_the_client_address_seen_through_trusted_proxies
         for line in proc.log_text().splitlines():
             if line.startswith("{"):
                 assert {"time", "level", "logger", "pid", "message"} <= set(json.loads(line))
+
+
+@pytest.mark.parametrize("level, shown", [("debug", {"debug", "info"}), ("info", {"info"}), ("warning", set())])
+def test_log_level_decides_which_lines_are_written(kafka, topic, service, ws_client, level, shown):
+    proc = service(topic(1), LOG_LEVEL=level, LOG_FORMAT="json")
+    client = ws_client(proc.ws_url)
+    # The hub logs "opened WebSocket" (debug) before it sends hello: once hello is here,
+    # the line was written if the level lets it through.
+    wait_until(lambda: client.messages, 10, "hello")
+    lines = [json.loads(line) for line in proc.log_text().splitlines() if line.startswith("{")]
+    ours = [line for line in lines if line["logger"].startswith(("logger.", "gunicorn.error"))]
+    assert {line["level"] for line in ours} & {"debug", "info"} == shown, ours
+    opened = [line for line in ours if line["message"].startswith("opened WebSocket")]
+    assert bool(opened) == ("debug" in shown)
+    started = [line for line in ours if line["message"].startswith("pipeline started")]
+    assert bool(started) == ("info" in shown)
+
+
+def held_connections(port: int, count: int, stack: ExitStack, head: bytes = b"") -> list[socket.socket]:
+    """``count`` connections to the service, each having sent ``head``; closed with ``stack``."""
+    socks = []
+    for _ in range(count):
+        sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+        if head:
+            sock.sendall(head)
+        socks.append(sock)
+    return socks
+
+
+def answered(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(4096)
+    except TimeoutError:
+        return b""
+
+
+PARTIAL_HEAD = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # never finished: holds a pool slot
+FULL_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+def test_worker_connections_is_ws_max_clients_plus_1000_requests_in_progress(kafka, topic, service):
+    # WS_MAX_CLIENTS=1: gevent's pool serves 1001 connections at once (Gunicorn's default is
+    # 1000). Connections are accepted in order, so a request answered after N held heads
+    # means those N were taken first and are still held.
+    proc = service(topic(1), WS_MAX_CLIENTS="1", HTTP_HEAD_TIMEOUT_S="60")
+    with ExitStack() as stack:
+        held_connections(proc.port, 1000, stack, PARTIAL_HEAD)
+        probe = held_connections(proc.port, 1, stack, FULL_REQUEST)[0]
+        assert answered(probe, 10).startswith(b"HTTP/1.1 200"), "a 1001st request is served"
+        held = held_connections(proc.port, 1, stack, PARTIAL_HEAD)  # now all 1001 slots are taken
+        waiting = held_connections(proc.port, 1, stack, FULL_REQUEST)[0]
+        assert answered(waiting, 1.0) == b"", "a 1002nd waits for a free slot"
+        held[0].close()
+        assert answered(waiting, 10).startswith(b"HTTP/1.1 200"), "and is served once one is free"
+
+
+def test_the_listen_backlog_takes_a_reconnect_storm_while_the_worker_is_busy(kafka, topic, service):
+    # While the worker accepts nothing (stopped here), the kernel completes handshakes for
+    # up to the listen backlog (4096, capped by net.core.somaxconn) and drops further SYNs;
+    # with Gunicorn's default of 2048, 3000 connections would not all get through.
+    storm = 3000
+    somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+    assert somaxconn >= storm, f"net.core.somaxconn={somaxconn} caps the backlog below this test's storm"
+    proc = service(topic(1))
+    worker = proc.health()["worker"]
+    with ExitStack() as stack:
+        os.kill(worker, signal.SIGSTOP)
+        stack.callback(os.kill, worker, signal.SIGCONT)
+        pending = {}
+        for _ in range(storm):
+            sock = stack.enter_context(socket.socket())
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", proc.port))
+            pending[sock.fileno()] = sock
+        poller = select.poll()
+        for fd in pending:
+            poller.register(fd, select.POLLOUT)
+        deadline = time.monotonic() + 5  # well under Gunicorn's 30 s worker timeout
+        while pending and time.monotonic() < deadline:
+            for fd, _ in poller.poll(100):
+                poller.unregister(fd)
+                assert pending.pop(fd).getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        assert len(pending) == 0, f"{len(pending)} of {storm} connections not established while the worker was busy"
+        os.kill(worker, signal.SIGCONT)
+    assert proc.health()["worker"] == worker, "the worker went on"

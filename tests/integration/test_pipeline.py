@@ -9,7 +9,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from devstack.waiting import wait_until
-from tests.conftest import produce
+from tests.conftest import metric, produce, scrape
 
 LEVELS = ["debug", "info", "WARNING", "err", "fatal"]
 SEVERITY = {"debug": (5, "debug"), "info": (9, "info"), "WARNING": (13, "warn"), "err": (17, "error"),
@@ -137,6 +137,9 @@ def test_malformed_values_are_delivered_as_text_and_counted(kafka, topic, servic
     health = proc.health()
     assert health["kafka"]["tail"]["records_malformed"] == 1
     assert health["kafka"]["forward"]["records_malformed"] == 1
+    samples = scrape(proc)
+    assert metric(samples, "logger_records_malformed_total", path="tail") == 1
+    assert metric(samples, "logger_records_malformed_total", path="forward") == 1
 
 
 def _hello(client, timeout: float = 5.0) -> dict:
@@ -183,3 +186,25 @@ def test_a_new_group_with_latest_forwards_only_what_comes_after_it_joined(kafka,
     # One partition, read in order: a backlog being forwarded would have arrived first.
     exported = [r["attributes"]["seq"] for r in receiver.wait_for_matching(mine, 1, timeout=1)]
     assert min(exported) >= 100, f"the backlog was forwarded: {sorted(exported)}"
+
+
+def test_a_path_switched_off_reads_nothing_and_says_so(kafka, topic, service, ws_client, receiver, run_id):
+    name = topic(1)
+    tail_only = service(name, FORWARD_ENABLED="false")
+    forward_only = service(name, TAIL_ENABLED="false")
+    client = ws_client(tail_only.ws_url)
+    n = 30
+    produce(kafka, name, [json.dumps({"run": run_id, "seq": i, "message": "m"}).encode() for i in range(n)])
+    assert len(client.wait_records(n)) == n
+    exported = receiver.wait_for_matching(lambda r: r["attributes"].get("run") == run_id, n)
+    assert sorted(r["attributes"]["seq"] for r in exported) == list(range(n)), "once: only one service forwards"
+    forward_only.wait_until(lambda: forward_only.health()["kafka"]["forward"].get("records_committed") == n, 10,
+                            "the forward-only service to commit")
+    # Once both running paths have everything, the switched-off ones have read nothing.
+    for proc, off, on in ((tail_only, "forward", "tail"), (forward_only, "tail", "forward")):
+        samples = scrape(proc)
+        assert metric(samples, "logger_records_consumed_total", path=off) == 0
+        assert metric(samples, "logger_records_consumed_total", path=on) == n
+        health = proc.health()
+        assert health["kafka"][off]["state"] == "disabled" and health["status"] == "ok"
+    assert tail_only.health()["collector"]["state"] == "disabled"

@@ -69,10 +69,8 @@ def test_every_codec_reaches_clients_and_the_collector_on_every_partition(
     assert "undecodable_batches" not in health["tail"] and "undecodable_batches" not in health["forward"]
 
 
-def test_aborted_transactions_are_never_shown_or_exported(kafka, topic, service, ws_client, receiver, run_id):
-    name = topic(2)
-    proc = service(name)
-    client = ws_client(proc.ws_url)
+def write_committed_aborted_committed(kafka, name: str, run_id: str) -> None:
+    """Three transactions of 20 records over two partitions: committed, aborted, committed."""
     with JavaProducer(kafka.bootstrap, name, compression="lz4", transactional_id=f"tx-{run_id}") as producer:
         for tag, finish in (("committed-1", producer.commit), ("aborted", producer.abort),
                             ("committed-2", producer.commit)):
@@ -81,6 +79,13 @@ def test_aborted_transactions_are_never_shown_or_exported(kafka, topic, service,
                 producer.send(value(run_id, tag, seq), partition=seq % 2)
             producer.flush()
             finish()
+
+
+def test_aborted_transactions_are_never_shown_or_exported(kafka, topic, service, ws_client, receiver, run_id):
+    name = topic(2)
+    proc = service(name)
+    client = ws_client(proc.ws_url)
+    write_committed_aborted_committed(kafka, name, run_id)
     expected = Counter({(tag, seq): 1 for tag in ("committed-1", "committed-2") for seq in range(20)})
     # committed-2 follows the aborted records in both partitions: once it is all here,
     # anything of the aborted transaction would be here too.
@@ -90,6 +95,21 @@ def test_aborted_transactions_are_never_shown_or_exported(kafka, topic, service,
     assert tags_at_collector(receiver, run_id) == expected
     # Control records (the commit and abort markers) never surface as records.
     assert len([r for r in client.records() if r["topic"] == name]) == 40
+
+
+def test_with_read_uncommitted_aborted_transactions_are_shown_and_exported(kafka, topic, service, ws_client,
+                                                                           receiver, run_id):
+    name = topic(2)
+    proc = service(name, KAFKA_ISOLATION_LEVEL="read_uncommitted")
+    client = ws_client(proc.ws_url)
+    write_committed_aborted_committed(kafka, name, run_id)
+    expected = Counter({(tag, seq): 1 for tag in ("committed-1", "aborted", "committed-2") for seq in range(20)})
+    wait_until(lambda: tags_at_client(client, run_id) == expected, 30, "every record at the client",
+               lambda: str(tags_at_client(client, run_id)))
+    wait_until(lambda: committed(proc) >= 60, 30, "every record exported")
+    assert tags_at_collector(receiver, run_id) == expected
+    # The markers still never surface as records.
+    assert len([r for r in client.records() if r["topic"] == name]) == 60
 
 
 def test_schema_registry_framing_keys_headers_and_trace_context(kafka, topic, service, ws_client, receiver, run_id):

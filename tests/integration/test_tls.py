@@ -1,4 +1,5 @@
-"""The service over TLS: SASL_SSL with PLAIN against a real broker with a throwaway CA.
+"""The service over TLS: SASL_SSL with PLAIN against a real broker with a throwaway CA,
+and OTLP/HTTPS to a collector whose certificate that CA signed.
 
 This module has its own broker with the SASL_SSL listener on
 (``KafkaBroker(tls=True)``); it overrides the session ``kafka`` fixture, so
@@ -17,11 +18,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from devstack.collector import OtlpReceiver
 from devstack.kafka import KafkaBroker
 from devstack.ports import free_port
 from devstack.service import ROOT, ServiceProcess
 from tests.conftest import _ENV_PREFIXES as ENV_PREFIXES
-from tests.conftest import readers_ok
+from tests.conftest import produce, readers_ok
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -177,3 +179,62 @@ def test_a_bad_ca_file_stops_start_up_with_one_line(kafka, tmp_path, ca_file):
     assert lines[0].startswith(f"logger-service: configuration error: KAFKA_SSL_CA_FILE={path!r} is invalid: "
                                "expected a readable PEM file"), lines[0]
     assert kafka.password not in stderr + stdout
+
+
+COLLECTOR_TOKEN = "Bearer collector-t0ken"
+
+
+@pytest.fixture
+def https_collector(tls_kafka: KafkaBroker) -> Iterator[OtlpReceiver]:
+    """A collector on HTTPS (certificate for 127.0.0.1 from the broker's throwaway CA) that
+    answers 401 to a request without its token and tenant headers."""
+    with OtlpReceiver(tls=tls_kafka.tls_files,
+                      required_headers={"Authorization": COLLECTOR_TOKEN, "X-Scope-OrgID": "tenant-1"}) as rx:
+        yield rx
+
+
+def otlp_env(collector: OtlpReceiver, ca_file: str, other_ca_file: str) -> dict[str, str]:
+    # Values are URL-encoded in OTEL_EXPORTER_OTLP_HEADERS (the space of "Bearer …").
+    # REQUESTS_CA_BUNDLE set as many base images do: requests would let it override the
+    # exporter's CA file (logger.otlp.SessionKeepingItsCa).
+    return {"OTLP_ENDPOINT": collector.endpoint, "OTEL_EXPORTER_OTLP_CERTIFICATE": ca_file,
+            "REQUESTS_CA_BUNDLE": other_ca_file,
+            "OTEL_EXPORTER_OTLP_HEADERS": f"authorization={COLLECTOR_TOKEN.replace(' ', '%20')},"
+                                          "x-scope-orgid=tenant-1",
+            "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"}
+
+
+def test_the_otlp_exporter_sends_its_headers_gzipped_over_tls_trusting_the_given_ca(kafka, topic, service,
+                                                                                    https_collector, run_id):
+    # Each setting is needed: without the headers the collector answers 401 (refused for
+    # good), without the CA the handshake fails, and the encoding is checked on the wire.
+    name = topic(1)
+    proc = service(name, **otlp_env(https_collector, kafka.ca_file, kafka.wrong_ca_file))
+    assert https_collector.endpoint.startswith("https://127.0.0.1:")
+    produce(kafka, name, [json.dumps({"run": run_id, "seq": i, "message": f"m{i}"}).encode() for i in range(20)])
+    records = https_collector.wait_for(20, timeout=30)
+    assert sorted(r["attributes"]["seq"] for r in records) == list(range(20))
+    requests_seen = https_collector.request_log
+    assert [r.status for r in requests_seen] == [200] * len(requests_seen)
+    for request in requests_seen:
+        assert request.headers["content-encoding"] == "gzip"
+        assert request.headers["authorization"] == COLLECTOR_TOKEN
+        assert request.headers["x-scope-orgid"] == "tenant-1"
+    assert https_collector.tls_errors == []
+    assert "collector-t0ken" not in proc.log_text(), "a header's value is a credential: never logged"
+
+
+def test_a_collector_certificate_the_given_ca_did_not_sign_is_reported_and_nothing_is_committed(
+        kafka, topic, service, https_collector, run_id):
+    name = topic(1)
+    proc = service(name, **otlp_env(https_collector, kafka.wrong_ca_file, kafka.ca_file), EXPORT_RETRY_MAX_S="1")
+    produce(kafka, name, [json.dumps({"run": run_id, "message": "never exported"}).encode()])
+
+    def degraded():
+        collector = proc.health()["collector"]
+        return collector if collector["state"] == "degraded" else None
+    collector = proc.wait_until(degraded, 20, "the collector to be reported degraded")
+    assert "certificate verify failed" in collector["error"], collector["error"]
+    assert https_collector.tls_errors and https_collector.request_log == []
+    assert proc.health()["kafka"]["forward"].get("records_committed", 0) == 0
+    assert proc.health()["kafka"]["forward"]["export_retries"] >= 1, "retried, as any outage"

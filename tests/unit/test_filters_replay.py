@@ -126,6 +126,7 @@ class FakeClient:
         self.droppable: list[bool] = []
         self.subscription = None
         self.closing = self.closed = False
+        self.address = "127.0.0.1:50000"
         self.had_backlog = False
 
     def send(self, frame: bytes, droppable: bool = True) -> None:

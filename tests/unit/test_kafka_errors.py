@@ -35,6 +35,22 @@ def test_failed_authentication_names_the_key_and_the_variables_never_the_secret(
     assert line.startswith("Kafka authentication failed at b1:9093,b2:9093") and "s3cret" not in line
 
 
+def test_a_broker_that_hangs_up_during_the_sasl_login_is_reported_as_a_refused_login(client_log):
+    scram = Settings(kafka_brokers=("b1:9092",), kafka_api_key="KEY", kafka_api_secret="s3cret",
+                     kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="SCRAM-SHA-512",
+                     kafka_topic="orders")
+    saw(client_log, "Bootstrap connection to bootstrap-0 failed: KafkaConnectionError: socket disconnected "
+                    "(backoff 0.06 secs)")
+    timeout = kafka_errors.KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:9092")
+    line = kafka_client.describe_kafka_error(timeout, scram, client_log)
+    assert line == ("Kafka at b1:9092 closed the connection during the SASL login for API key 'KEY' "
+                    "(SCRAM-SHA-512), as it does when it refuses the credentials: check KAFKA_API_KEY and "
+                    "KAFKA_API_SECRET (and KAFKA_SASL_MECHANISM)")
+    plaintext = Settings(kafka_brokers=("b1:9092",), kafka_topic="orders")
+    assert kafka_client.describe_kafka_error(timeout, plaintext, client_log).startswith(
+        "no Kafka broker reachable at b1:9092 over PLAINTEXT"), "without SASL there is no login to blame"
+
+
 def test_an_unreachable_broker_says_why_and_which_variable(client_log):
     timeout = kafka_errors.KafkaTimeoutError("Unable to bootstrap from [('b1', 9093)]")
     assert kafka_client.describe_kafka_error(timeout, SETTINGS, client_log) == \
