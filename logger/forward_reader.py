@@ -15,10 +15,10 @@ in one place:
    rebalance first if one is under way (:meth:`_poll_paused`).
 
 A **rebalance** is handled in one place, :class:`ForwardRebalance`: before a
-partition goes, what was exported from it is committed and what was read from
-it but not exported is handed back (dropped, position moved back), so its next
-owner neither re-exports the one nor misses the other; partitions assigned
-while a retry waits stay paused until it ends.
+partition goes, what was exported from it is committed, and what was read from
+it but not exported is dropped, not exported (its next owner reads it from that
+commit), so nothing is sent twice or missed; partitions we keep keep their
+records. Partitions assigned while a retry waits stay paused until it ends.
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ class ForwardReader(Reader):
         # True while we poll only to stay in the group (a retry waits, a rejoin finishes):
         # nothing may be read then, from partitions a rebalance assigns meanwhile neither.
         self._holding = False
+        # Records a rebalance took out of the batches until it says whether their
+        # partitions come back: see release_partitions.
+        self._released: list[LogRecord] = []
 
     def _open(self) -> KafkaConsumer:
         consumer = KafkaConsumer(group_id=self.settings.kafka_group_id,
@@ -96,6 +99,7 @@ class ForwardReader(Reader):
             raise TopicMissing(f"Kafka topic {self.settings.kafka_topic!r} does not exist "
                                 f"at {','.join(self.settings.kafka_brokers)} (check KAFKA_TOPIC)")
         self._uncommitted.clear()  # a new consumer starts from the group's commits
+        self._released.clear()
         consumer.subscribe([self.settings.kafka_topic], listener=ForwardRebalance(self, consumer))
         return consumer  # "ok" once the group is joined, see _tick
 
@@ -120,10 +124,14 @@ class ForwardReader(Reader):
             self._in_flight = []
         if not exported:
             return
+        highest: dict[tuple[str, int], int] = {}
         for record in exported:
-            tp = TopicPartition(record.topic, record.partition)
-            if self._uncommitted.get(tp, -1) <= record.offset:
-                self._uncommitted[tp] = record.offset + 1
+            where = (record.topic, record.partition)
+            if highest.get(where, -1) < record.offset:
+                highest[where] = record.offset
+        for (topic, partition), offset in highest.items():
+            tp = TopicPartition(topic, partition)
+            self._uncommitted[tp] = max(self._uncommitted.get(tp, 0), offset + 1)
         if self._commit(consumer, dict(self._uncommitted)):
             self.status.count("records_committed", len(exported))
         else:
@@ -248,7 +256,7 @@ class ForwardReader(Reader):
     def _poll_paused(self, consumer: KafkaConsumer, wait_s: float) -> None:
         """Poll with every partition paused: it reads nothing, but keeps us in the group and
         lets a rebalance complete (for up to ``wait_s``). Partitions a rebalance assigns
-        meanwhile are paused as they come (:meth:`hold_new_partitions`): their records
+        meanwhile are paused as they come (:meth:`take_back_partitions`): their records
         would otherwise fill the next batch in the middle of a retry (issue 13)."""
         deadline = self._clock() + wait_s
         consumer.pause(*consumer.assignment())
@@ -266,8 +274,8 @@ class ForwardReader(Reader):
     @staticmethod
     def _unread(consumer: KafkaConsumer, polled: dict[TopicPartition, list[Any]]) -> None:
         """Put back what a paused poll returned all the same (kafka-python returns nothing
-        of a paused partition; a listener that failed would leave one unpaused): keeping
-        it would read during a retry, dropping it would skip records never exported."""
+        of a paused partition, but a listener that failed would leave a new one unpaused):
+        keeping it would read during a retry, dropping it would skip records never exported."""
         for tp, messages in polled.items():
             if messages and tp in consumer.assignment():
                 consumer.seek(tp, messages[0].offset)
@@ -275,35 +283,46 @@ class ForwardReader(Reader):
     # -- rebalances (kafka-python calls these through ForwardRebalance, inside our poll) -----------
 
     def release_partitions(self, consumer: KafkaConsumer, revoked: set[TopicPartition]
-                            ) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Hand back what was read from ``revoked`` but not exported (from the batch being
-        gathered and the one waiting for a retry), moving each position back to its first
-        record, and return what was exported but not committed, to commit now.
+                           ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Take what was read from ``revoked`` but not exported out of the batch being
+        gathered and the one waiting for a retry, and return what was exported but not
+        committed, to commit now.
 
-        Handing back instead of exporting: the next owner reads those records from the
-        last commit anyway, so exporting them here would send them twice. Under the eager
-        protocol every partition is revoked, and those we get back keep their position
-        (kafka-python 3 keeps a retained partition's state), hence the seek.
+        What was not exported is not exported here: the next owner reads it from the last
+        commit anyway, so it would go twice. Under the eager protocol (kafka-python's
+        default assignors) every partition is revoked before the group says who gets
+        what, so the records wait (``_released``) until :meth:`take_back_partitions`
+        knows which partitions come back; a partition already gone (cooperative) drops
+        them at once.
         """
-        def unwanted(record: LogRecord) -> bool:
+        def revoked_record(record: LogRecord) -> bool:
             return TopicPartition(record.topic, record.partition) in revoked
-        handed_back = [r for r in self._in_flight if unwanted(r)] + self.batcher.drop(unwanted)
-        if handed_back:
-            self._in_flight = [r for r in self._in_flight if not unwanted(r)]
-            first: dict[TopicPartition, int] = {}
-            for record in handed_back:
-                tp = TopicPartition(record.topic, record.partition)
-                first[tp] = min(first.get(tp, record.offset), record.offset)
-            for tp, offset in first.items():
-                consumer.seek(tp, offset)
-            self.status.count("records_handed_back", len(handed_back))
+        self._released += [r for r in self._in_flight if revoked_record(r)] + self.batcher.drop(revoked_record)
+        self._in_flight = [r for r in self._in_flight if not revoked_record(r)]
+        self._drop_released(lambda tp: tp not in consumer.assignment())
         return {tp: OffsetAndMetadata(self._uncommitted.pop(tp), "", -1)
                 for tp in revoked if tp in self._uncommitted}
 
-    def hold_new_partitions(self, consumer: KafkaConsumer, assigned: set[TopicPartition]) -> None:
-        """While we hold (a retry waits), new partitions wait too; :meth:`_poll_paused` resumes them."""
+    def take_back_partitions(self, consumer: KafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """The rebalance is done: records of partitions we kept go back into the batch
+        being gathered (kafka-python 3 keeps a retained partition's position, so they are
+        not read twice), those of partitions that went are dropped (their next owner reads
+        them). Into that batch, not the one in flight: the rebalance may have taken more
+        than one poll, and the export of that batch may have ended meanwhile. While we hold
+        (a retry waits), new partitions wait too: :meth:`_poll_paused` resumes them."""
+        self._drop_released(lambda tp: tp not in assigned)
+        self.batcher.add(self._released)
+        self._released = []
         if self._holding and assigned:
             consumer.pause(*assigned)
+
+    def _drop_released(self, gone: Callable[[TopicPartition], bool]) -> None:
+        """Forget released records of partitions that are ``gone``: never exported, never
+        committed, their next owner reads them from the last commit."""
+        kept = [r for r in self._released if not gone(TopicPartition(r.topic, r.partition))]
+        if len(kept) < len(self._released):
+            self.status.count("records_handed_over", len(self._released) - len(kept))
+            self._released = kept
 
     def _set_aside(self, batch: list[LogRecord], reason: str) -> bool:
         """A batch the collector refuses for good (400, 413…): retrying cannot help, and
@@ -327,7 +346,7 @@ class ForwardReader(Reader):
 
 
 class ForwardRebalance(AsyncConsumerRebalanceListener):
-    """The forward reader's rebalance listener: commit what was exported, hand back the rest.
+    """The forward reader's rebalance listener: commit what was exported, hand over the rest.
 
     kafka-python 3 runs a rebalance listener on its own I/O loop (a greenlet under
     gevent), inside our ``poll()`` or ``close()``, never while we export. A plain
@@ -359,14 +378,16 @@ class ForwardRebalance(AsyncConsumerRebalanceListener):
 
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         """Evicted from the group (a session that expired): the group takes no commit from
-        us now, and the next owners read from the last one."""
+        us now, kafka-python forgets the positions, and the next owners (us too, after
+        rejoining) read from the last commit."""
         try:
             self.reader.release_partitions(self.consumer, set(lost))
+            self.reader.take_back_partitions(self.consumer, set())
         except Exception:  # noqa: BLE001 - see the class docstring
-            log.exception("handing back lost partitions failed")
+            log.exception("handing over lost partitions failed")
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         try:
-            self.reader.hold_new_partitions(self.consumer, set(assigned))
+            self.reader.take_back_partitions(self.consumer, set(assigned))
         except Exception:  # noqa: BLE001 - see the class docstring
-            log.exception("pausing newly assigned partitions failed")
+            log.exception("taking back the partitions we kept failed")
