@@ -218,7 +218,9 @@ class ForwardReader(Reader):
                 if not self._wait_for_retry(consumer, backoff.next(exc.retry_after or 0.0)):
                     log.warning("shutdown: %d records not exported, offsets left uncommitted", len(self._in_flight))
                     return False
-        return True  # a rebalance revoked the partitions of every record left: their owners read them
+        # A rebalance revoked the partitions of every record left: their next owners read
+        # them, or they come back into the batch being gathered (take_back_partitions).
+        return True
 
     def _wait_for_retry(self, consumer: KafkaConsumer, delay: float) -> bool:
         """Wait ``delay`` seconds before a retry, staying in the group; False if shutdown
