@@ -141,13 +141,14 @@ class TailReader(Reader):
             self.status.details["idle"] = "no clients and REPLAY_RECORDS=0: not reading"
         elif since is not None and self._idle:
             partitions = consumer.assignment()
+            # The ends first, then the times: a partition with no record since then is read from
+            # the end it had *before* that question. seek_to_end() would resolve the end at the
+            # next fetch and skip whatever was produced meanwhile (a client's first records).
+            ends = consumer.end_offsets(list(partitions))
             starts = consumer.offsets_for_times({tp: int((since - IDLE_RESUME_SLACK_S) * 1000) for tp in partitions})
-            at_end = [tp for tp in partitions if starts.get(tp) is None]
-            for tp, start in starts.items():
-                if start is not None:
-                    consumer.seek(tp, start.offset)
-            if at_end:
-                consumer.seek_to_end(*at_end)
+            for tp in partitions:
+                start = starts.get(tp)
+                consumer.seek(tp, start.offset if start is not None else ends[tp])
             consumer.resume(*partitions)
             self._idle = False
             del self.status.details["idle"]

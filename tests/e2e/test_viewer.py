@@ -551,7 +551,9 @@ def test_a_long_table_draws_only_the_rows_near_the_view(viewer: Callable[..., Vi
     # the row in the middle of the view stays the same, in every frame from the scroll on.
     v.page.locator("#scroller").evaluate(f"s => {{ s.scrollTop = s.scrollHeight / 2; ({WATCH_ROW_AT_MIDDLE})(); }}")
     expect(v.page.locator("#follow")).to_be_visible()
-    before = v.page.wait_for_function(f"({ROW_AT_MIDDLE})()").json_value()  # drawn in the next frame
+    # A function, not an expression: Playwright evals an expression again on every frame it polls,
+    # which the page's CSP (no 'unsafe-eval') refuses once the first try was not already true.
+    before = v.page.wait_for_function(ROW_AT_MIDDLE).json_value()  # drawn in the next frame
     assert before and before.startswith(f"{v.run} event 2"), before
     v.produce(400, 20)
     v.wait_received(420)
