@@ -363,12 +363,6 @@ def post_worker_init(worker: Any) -> None:
     if service is None:
         worker.log.warning("the WSGI app was not made by logger.app.create_app: pipeline not started")
         return
-    # In a greenlet: the worker starts serving (/health answers) while the readers'
-    # libraries load; see LogService.start.
-    gevent.spawn(_start_pipeline, service)
-
-
-def _start_pipeline(service: LogService) -> None:
     service.start()
     # Everything loaded so far (Flask, kafka-python, OpenTelemetry, protobuf...) lives
     # as long as the worker: move it out of the cyclic GC's reach. A full collection

@@ -11,12 +11,11 @@ client is closed with 1001.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -26,13 +25,13 @@ from logger import metrics
 from logger.auth import Authorize, TokenVerifier
 from logger.config import Settings, without_password
 from logger.hub import Hub
+from logger.kafka_sink import KafkaPublisher
+from logger.forward_reader import ForwardReader
+from logger.reader import Reader
+from logger.tail_reader import TailReader
+from logger.otlp import OtlpSink
 from logger.records import LogRecord
 from logger.status import DEGRADED, DISABLED, IDLE, OK, STARTING, ComponentStatus
-
-if TYPE_CHECKING:  # imported by start(), see its docstring
-    from logger.kafka_sink import KafkaPublisher
-    from logger.otlp import OtlpSink
-    from logger.reader import Reader
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +40,6 @@ READERS_SHARE = 0.6  # readers flush, export and commit within this share of the
 CLIENTS_CLOSE_S = 2.0  # then the WebSockets get this long to answer our close frame (at most)
 KILL_WAIT_S = 1.0  # readers still running after that are killed, waiting this long
 MIN_WAIT_S = 0.1  # no step gets less, however late it starts
-
-
-def _import_stages(settings: Settings) -> None:
-    """Import the enabled readers' libraries in a native thread.
-
-    An import is Python code that never yields: in the event loop kafka-python's
-    alone held every request for ~170 ms. In a thread the loop keeps serving,
-    taking the GIL back every few ms. (The worker is monkey-patched by then,
-    so what they capture at import, ``selectors.DefaultSelector`` included, is
-    gevent's, as it must be.)
-    """
-    modules = ["logger.tail_reader"] if settings.tail_enabled else []
-    if settings.forward_enabled:
-        modules += ["logger.forward_reader", "logger.otlp"]
-    for module in modules:
-        gevent.get_hub().threadpool.apply(importlib.import_module, (module,))
 
 
 class LogService:
@@ -85,29 +68,15 @@ class LogService:
         self._stopped = Event()
 
     def start(self) -> None:
-        """Start the readers (and the keepalive) as greenlets.
-
-        kafka-python and the OpenTelemetry exporter are imported here, not at
-        module level: together they take ~300 ms to import, a third of a worker's
-        start-up, and nothing before the first reader needs them. Gunicorn's hook
-        runs this in a greenlet (``gunicorn_worker.post_worker_init``), so the
-        worker answers ``/health`` while they load; ``/ready`` waits for the readers.
-        """
         if self._started:
             return
         self._started = True
         settings = self.settings
-        _import_stages(settings)
-        if self._stopping:  # SIGTERM came while they loaded: nothing to start, nothing to drain
-            return
         if settings.tail_enabled:
-            from logger.tail_reader import TailReader
             reader = TailReader(settings, self.tail, self.hub.broadcast, self.hub.ring.mark_start,
                                 self.hub.announce_gap, lambda: self.hub.listening_since)
             self._run(reader)
         if settings.forward_enabled:
-            from logger.forward_reader import ForwardReader
-            from logger.otlp import OtlpSink
             self._sink = OtlpSink(settings.otlp_endpoint, self.collector, settings.otlp_grpc_error)
             if settings.otlp_names_grpc_port:
                 # Kept, with this one warning, rather than refused or rewritten (README,
@@ -154,7 +123,6 @@ class LogService:
     def _kafka_publisher(self) -> KafkaPublisher:
         """One producer per worker, made on first use (most deployments never need it)."""
         if self._publisher is None:
-            from logger.kafka_sink import KafkaPublisher
             self._publisher = KafkaPublisher(self.settings)
         return self._publisher
 
