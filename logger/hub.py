@@ -211,12 +211,13 @@ class Hub:
         """
         subscription = subscription or Subscription()
         client.grant = subscription.grant
-        log.debug("opened WebSocket %s: filter %s", client.address, subscription.filter.describe())
+        described = subscription.filter.describe()  # once per connection, for the log and the hello
+        log.debug("opened WebSocket %s: filter %s", client.address, described)
         client.send(_message_frame({
             "type": "hello", "server": "logger-service", "version": logger.__version__,
             "topic": self.settings.kafka_topic, "worker": os.getpid(),
             "ping_interval_s": self.settings.ping_interval_s, "positions": self.ring.positions(),
-            "filter": subscription.filter.describe(), **_auth_of(client),
+            "filter": described, **_auth_of(client),
         }), droppable=False)
         if subscription.since is not None:
             replay, gaps = self.ring.since(subscription.filter, subscription.since)
