@@ -60,6 +60,15 @@ class Batcher:
             return self.max_wait_s
         return max(self._deadline - self._clock(), 0.0)
 
+    def drop(self, unwanted: Callable[[LogRecord], bool]) -> list[LogRecord]:
+        """Remove the records ``unwanted`` picks (a rebalance took their partition) and
+        return them; the rest keep their order and their deadline."""
+        dropped = [record for record in self._records if unwanted(record)]
+        if dropped:
+            self._records = [record for record in self._records if not unwanted(record)]
+            self._bytes = sum(record.size for record in self._records)
+        return dropped
+
     def take(self) -> list[LogRecord]:
         records, self._records, self._bytes = self._records, [], 0
         return records

@@ -11,8 +11,14 @@ in one place:
    could not be decoded: to ``DEAD_LETTER_TOPIC`` (:meth:`_set_aside`,
    :meth:`_dead_letter_range`), or counted and logged without one;
 3. **commit** (:meth:`_commit`) the next offset of each partition, only for
-   what was exported or set aside, finishing a rebalance first if one is under
-   way (:meth:`_poll_paused`).
+   what was exported or set aside, within ``COMMIT_TIMEOUT_MS``, finishing a
+   rebalance first if one is under way (:meth:`_poll_paused`).
+
+A **rebalance** is handled in one place, :class:`ForwardRebalance`: before a
+partition goes, what was exported from it is committed, and what was read from
+it but not exported is dropped, not exported (its next owner reads it from that
+commit), so nothing is sent twice or missed; partitions we keep keep their
+records. Partitions assigned while a retry waits stay paused until it ends.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 from gevent.event import Event
-from kafka import KafkaConsumer, TopicPartition
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.structs import MemberState, OffsetAndMetadata
 
@@ -42,6 +49,11 @@ log = logging.getLogger(__name__)
 
 LAG_UPDATE_S = 2.0
 REJOIN_WAIT_S = 10.0  # how long a commit waits for a rebalance to finish before giving up
+# A commit's deadline (kafka-python's default is request_timeout_ms, 30 s): it must fit in
+# the drain budget (READERS_SHARE of GRACEFUL_TIMEOUT - 3 s, 10 s by default) with the last
+# export; a commit that blocked longer made the drain abandon it (issue 15). A commit that
+# times out is counted as failed: its records may come twice, never zero times.
+COMMIT_TIMEOUT_MS = 5_000
 
 
 class ForwardReader(Reader):
@@ -64,6 +76,19 @@ class ForwardReader(Reader):
         # Set when shutdown runs out of time: stop retrying a failing export and
         # leave its offsets uncommitted (the next owner re-reads those records).
         self.abandon = abandon
+        # The batch being exported. A rebalance while it waits for a retry takes out
+        # the records of the partitions it revoked: their next owner reads them.
+        self._in_flight: list[LogRecord] = []
+        # Per partition, the next offset after records the collector accepted but the
+        # group has not taken yet (a commit failed or timed out): committed with the next
+        # batch, or before a rebalance takes the partition away.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        # True while we poll only to stay in the group (a retry waits, a rejoin finishes):
+        # nothing may be read then, from partitions a rebalance assigns meanwhile neither.
+        self._holding = False
+        # Records a rebalance took out of the batches until it says whether their
+        # partitions come back: see release_partitions.
+        self._released: list[LogRecord] = []
 
     def _open(self) -> KafkaConsumer:
         consumer = KafkaConsumer(group_id=self.settings.kafka_group_id,
@@ -73,7 +98,9 @@ class ForwardReader(Reader):
         if not consumer.partitions_for_topic(self.settings.kafka_topic):
             raise TopicMissing(f"Kafka topic {self.settings.kafka_topic!r} does not exist "
                                 f"at {','.join(self.settings.kafka_brokers)} (check KAFKA_TOPIC)")
-        consumer.subscribe([self.settings.kafka_topic])
+        self._uncommitted.clear()  # a new consumer starts from the group's commits
+        self._released.clear()
+        consumer.subscribe([self.settings.kafka_topic], listener=ForwardRebalance(self, consumer))
         return consumer  # "ok" once the group is joined, see _tick
 
     def _tick(self, consumer: KafkaConsumer) -> None:
@@ -88,21 +115,30 @@ class ForwardReader(Reader):
             self.status.set(STARTING, "rejoining the consumer group")
 
     def _deliver(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> None:
-        if not self._export_until_accepted(consumer, batch):
+        self._in_flight = batch
+        try:
+            if not self._export_until_accepted(consumer):
+                return
+            exported = self._in_flight  # less what a rebalance revoked during a retry
+        finally:
+            self._in_flight = []
+        if not exported:
             return
         highest: dict[tuple[str, int], int] = {}
-        for record in batch:
+        for record in exported:
             where = (record.topic, record.partition)
             if highest.get(where, -1) < record.offset:
                 highest[where] = record.offset
-        if self._commit(consumer, {TopicPartition(topic, partition): offset + 1
-                                   for (topic, partition), offset in highest.items()}):
-            self.status.count("records_committed", len(batch))
+        for (topic, partition), offset in highest.items():
+            tp = TopicPartition(topic, partition)
+            self._uncommitted[tp] = max(self._uncommitted.get(tp, 0), offset + 1)
+        if self._commit(consumer, dict(self._uncommitted)):
+            self.status.count("records_committed", len(exported))
         else:
-            # The partitions went to another member: it re-reads from the last commit, so
-            # these records arrive twice, never zero times.
+            # Committed with the next batch, or when the partition is revoked; if both fail
+            # the next owner re-reads from the last commit: twice, never zero times.
             self.status.count("commit_failures")
-            log.warning("commit of %d exported records failed; they will be re-delivered", len(batch))
+            log.warning("commit of %d exported records failed; they will be re-delivered", len(exported))
 
     def _commit(self, consumer: KafkaConsumer, next_offsets: dict[TopicPartition, int]) -> bool:
         """Commit the next offset to read per partition; True if the group took it."""
@@ -110,7 +146,8 @@ class ForwardReader(Reader):
         rejoined = False
         for _attempt in range(3):
             try:
-                consumer.commit(offsets)
+                consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+                self._taken(offsets)
                 if rejoined:  # positions were reset to the old commit by the rejoin
                     for tp, offset in offsets.items():
                         consumer.seek(tp, offset.offset)
@@ -126,6 +163,12 @@ class ForwardReader(Reader):
                 log.warning("commit failed: %s", exc)
                 return False
         return False
+
+    def _taken(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """The group took these offsets: what they cover is no longer uncommitted."""
+        for tp, offset in offsets.items():
+            if self._uncommitted.get(tp, -1) <= offset.offset:
+                self._uncommitted.pop(tp, None)
 
     def _skipped(self, consumer: KafkaConsumer, tp: TopicPartition, gap: Gap) -> None:
         """Dead-letter the range (offsets and reason: there are no records to send), then
@@ -155,25 +198,29 @@ class ForwardReader(Reader):
             if not self._wait_for_retry(consumer, backoff.next()):
                 return False
 
-    def _export_until_accepted(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> bool:
-        """Retry retriable failures with capped backoff (never sooner than the collector's
-        ``Retry-After``) until accepted, dead-lettered, or abandoned at shutdown.
+    def _export_until_accepted(self, consumer: KafkaConsumer) -> bool:
+        """Export the batch in flight, retrying retriable failures with capped backoff (never
+        sooner than the collector's ``Retry-After``) until accepted, dead-lettered, handed
+        over by a rebalance, or abandoned at shutdown (False).
 
         Nothing new is read meanwhile: the one batch in flight is the whole
         backlog in memory (backpressure), and Kafka keeps the rest.
         """
         backoff = Backoff(0.5, self.settings.retry_backoff_max_s)
-        while True:
+        while self._in_flight:
             try:
-                self.export(batch)
+                self.export(self._in_flight)
                 return True
             except ExportError as exc:
-                if not exc.retriable and self._set_aside(batch, str(exc)):
+                if not exc.retriable and self._set_aside(self._in_flight, str(exc)):
                     return True
                 self.status.count("export_retries")
                 if not self._wait_for_retry(consumer, backoff.next(exc.retry_after or 0.0)):
-                    log.warning("shutdown: %d records not exported, offsets left uncommitted", len(batch))
+                    log.warning("shutdown: %d records not exported, offsets left uncommitted", len(self._in_flight))
                     return False
+        # A rebalance revoked the partitions of every record left: their next owners read
+        # them, or they come back into the batch being gathered (take_back_partitions).
+        return True
 
     def _wait_for_retry(self, consumer: KafkaConsumer, delay: float) -> bool:
         """Wait ``delay`` seconds before a retry, staying in the group; False if shutdown
@@ -209,23 +256,75 @@ class ForwardReader(Reader):
         self._poll_paused(consumer, 0)
 
     def _poll_paused(self, consumer: KafkaConsumer, wait_s: float) -> None:
-        """Poll with our partitions paused: it fetches nothing of theirs, but lets a
-        rebalance complete (for up to ``wait_s``). A partition that a rebalance just
-        gave us is not paused, so whatever arrives from it goes into the next batch:
-        dropping it would move the position past records never exported."""
+        """Poll with every partition paused: it reads nothing, but keeps us in the group and
+        lets a rebalance complete (for up to ``wait_s``). Partitions a rebalance assigns
+        meanwhile are paused as they come (:meth:`take_back_partitions`): their records
+        would otherwise fill the next batch in the middle of a retry (issue 13)."""
         deadline = self._clock() + wait_s
-        assigned = consumer.assignment()
-        consumer.pause(*assigned)
+        consumer.pause(*consumer.assignment())
+        self._holding = True
         try:
             while True:
-                polled = consumer.poll(timeout_ms=100 if wait_s else 0, max_records=self.batcher.room)
-                if polled:
-                    self.batcher.add(self._decode(polled))
+                self._unread(consumer, consumer.poll(timeout_ms=100 if wait_s else 0, max_records=self.batcher.room))
                 stable = consumer.group_metadata().state == MemberState.STABLE
                 if stable or self._clock() >= deadline:
                     return
         finally:
-            consumer.resume(*(consumer.assignment() & assigned))
+            self._holding = False
+            consumer.resume(*consumer.assignment())
+
+    @staticmethod
+    def _unread(consumer: KafkaConsumer, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Put back what a paused poll returned all the same (kafka-python returns nothing
+        of a paused partition, but a listener that failed would leave a new one unpaused):
+        keeping it would read during a retry, dropping it would skip records never exported."""
+        for tp, messages in polled.items():
+            if messages and tp in consumer.assignment():
+                consumer.seek(tp, messages[0].offset)
+
+    # -- rebalances (kafka-python calls these through ForwardRebalance, inside our poll) -----------
+
+    def release_partitions(self, consumer: KafkaConsumer, revoked: set[TopicPartition]
+                           ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Take what was read from ``revoked`` but not exported out of the batch being
+        gathered and the one waiting for a retry, and return what was exported but not
+        committed, to commit now.
+
+        What was not exported is not exported here: the next owner reads it from the last
+        commit anyway, so it would go twice. Under the eager protocol (kafka-python's
+        default assignors) every partition is revoked before the group says who gets
+        what, so the records wait (``_released``) until :meth:`take_back_partitions`
+        knows which partitions come back; a partition already gone (cooperative) drops
+        them at once.
+        """
+        def revoked_record(record: LogRecord) -> bool:
+            return TopicPartition(record.topic, record.partition) in revoked
+        self._released += [r for r in self._in_flight if revoked_record(r)] + self.batcher.drop(revoked_record)
+        self._in_flight = [r for r in self._in_flight if not revoked_record(r)]
+        self._drop_released(lambda tp: tp not in consumer.assignment())
+        return {tp: OffsetAndMetadata(self._uncommitted.pop(tp), "", -1)
+                for tp in revoked if tp in self._uncommitted}
+
+    def take_back_partitions(self, consumer: KafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """The rebalance is done: records of partitions we kept go back into the batch
+        being gathered (kafka-python 3 keeps a retained partition's position, so they are
+        not read twice), those of partitions that went are dropped (their next owner reads
+        them). Into that batch, not the one in flight: the rebalance may have taken more
+        than one poll, and the export of that batch may have ended meanwhile. While we hold
+        (a retry waits), new partitions wait too: :meth:`_poll_paused` resumes them."""
+        self._drop_released(lambda tp: tp not in assigned)
+        self.batcher.add(self._released)
+        self._released = []
+        if self._holding and assigned:
+            consumer.pause(*assigned)
+
+    def _drop_released(self, gone: Callable[[TopicPartition], bool]) -> None:
+        """Forget released records of partitions that are ``gone``: never exported, never
+        committed, their next owner reads them from the last commit."""
+        kept = [r for r in self._released if not gone(TopicPartition(r.topic, r.partition))]
+        if len(kept) < len(self._released):
+            self.status.count("records_handed_over", len(self._released) - len(kept))
+            self._released = kept
 
     def _set_aside(self, batch: list[LogRecord], reason: str) -> bool:
         """A batch the collector refuses for good (400, 413…): retrying cannot help, and
@@ -246,3 +345,51 @@ class ForwardReader(Reader):
         log.error("collector rejected %d records permanently (%s); sent to dead-letter topic %r",
                   len(batch), reason, self.settings.dead_letter_topic)
         return True
+
+
+class ForwardRebalance(AsyncConsumerRebalanceListener):
+    """The forward reader's rebalance listener: commit what was exported, hand over the rest.
+
+    kafka-python 3 runs a rebalance listener on its own I/O loop (a greenlet under
+    gevent), inside our ``poll()`` or ``close()``, never while we export. A plain
+    ``ConsumerRebalanceListener`` may not commit there: ``commit()`` waits for that very
+    loop and raises RuntimeError on it (dpkp/kafka-python#2968), and whatever it blocks
+    on stops heartbeats. This async variant awaits the commit on the loop instead, the
+    way kafka-python's own pre-rebalance auto-commit does
+    (``ConsumerCoordinator._on_join_prepare_async``, kafka-python 3.0.12, pinned), with
+    ``COMMIT_TIMEOUT_MS`` as its deadline. The listener must not raise: kafka-python would
+    re-raise it from ``poll()`` and the reader would reconnect.
+    """
+
+    def __init__(self, reader: ForwardReader, consumer: KafkaConsumer) -> None:
+        self.reader = reader
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        try:
+            offsets = self.reader.release_partitions(self.consumer, set(revoked))
+            if offsets:
+                # A private coroutine: the public commit() cannot run on the I/O loop, and
+                # commit_async() has no deadline but request_timeout_ms.
+                await self.consumer._coordinator._commit_offsets_sync_async(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+                self.reader.status.count("revoke_commits")
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            self.reader.status.count("commit_failures")
+            log.warning("before giving up partitions %s: %s; their next owner may re-export some records",
+                        sorted(tp.partition for tp in revoked), exc)
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        """Evicted from the group (a session that expired): the group takes no commit from
+        us now, kafka-python forgets the positions, and the next owners (us too, after
+        rejoining) read from the last commit."""
+        try:
+            self.reader.release_partitions(self.consumer, set(lost))
+            self.reader.take_back_partitions(self.consumer, set())
+        except Exception:  # noqa: BLE001 - see the class docstring
+            log.exception("handing over lost partitions failed")
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        try:
+            self.reader.take_back_partitions(self.consumer, set(assigned))
+        except Exception:  # noqa: BLE001 - see the class docstring
+            log.exception("taking back the partitions we kept failed")

@@ -9,6 +9,7 @@ milliseconds, so a mutation of any of these decisions fails here at once.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -22,7 +23,7 @@ from kafka.structs import MemberState
 from logger import otlp
 from logger.config import Settings
 from logger.errors import ExportError
-from logger.forward_reader import ForwardReader
+from logger.forward_reader import COMMIT_TIMEOUT_MS, ForwardRebalance, ForwardReader
 from logger.otlp import OtlpSink
 from logger.records import LogRecord, decode
 from logger.status import ComponentStatus
@@ -57,41 +58,115 @@ class FakeAbandon:
 
 
 class FakeConsumer:
-    """The parts of KafkaConsumer the forward path's decisions touch, recording each call."""
+    """The parts of KafkaConsumer the forward path's decisions touch, recording each call.
+
+    ``poll`` first runs the next scripted rebalance through the reader's listener (as
+    kafka-python does, before it fetches), then returns what is waiting past the position
+    of every partition that is not paused (``waiting``: partition -> end offset).
+    """
 
     def __init__(self, partitions: Sequence[int] = (0, 1), topic: str = "logs") -> None:
+        self.topic = topic
         self.assigned = {TopicPartition(topic, p) for p in partitions}
         self.paused: set[TopicPartition] = set()
         self.calls: list[tuple[str, Any]] = []
         self.commit_errors: list[Exception] = []  # raised by the next commits, in order
+        self.positions: dict[int, int] = {}
+        self.waiting: dict[int, int] = {}
+        self.rebalances: list[tuple[str, set[int] | None]] = []  # (protocol, assignment after), one per poll
+        self.listener: Any = None
+        self._coordinator = self  # the listener's commit goes through the coordinator
+
+    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+        self.listener = listener
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
 
     def pause(self, *partitions: TopicPartition) -> None:
+        assert set(partitions) <= self.assigned, "kafka-python refuses to pause what it does not own"
         self.paused |= set(partitions)
 
     def resume(self, *partitions: TopicPartition) -> None:
         self.paused -= set(partitions)
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        if self.rebalances:
+            self._rebalance(*self.rebalances.pop(0))
+        fetchable = self.assigned - self.paused
         # Fetching from a partition that is not paused would read new records.
-        self.calls.append(("poll", frozenset(self.assigned - self.paused)))
-        return {}
+        self.calls.append(("poll", frozenset(fetchable)))
+        polled = {}
+        for tp in sorted(fetchable):
+            start, end = self.positions.get(tp.partition, 0), self.waiting.get(tp.partition, 0)
+            if start < end:
+                polled[tp] = [SimpleNamespace(offset=o, value=json.dumps({"message": f"{tp.partition}:{o}"}).encode(),
+                                              timestamp=0, key=None, headers=[]) for o in range(start, end)]
+                self.positions[tp.partition] = end
+        return polled
+
+    def _rebalance(self, protocol: str, assigned_after: set[int] | None) -> None:
+        """Revoke, then assign, through the listener, the way kafka-python's coordinator does
+        inside poll(): eager revokes every partition before the new assignment and then
+        announces the whole of it ("eager-begin" and "eager-end": the two halves, when the
+        join takes more than one poll); cooperative changes the assignment first, then
+        revokes only what went and announces only what was added."""
+        before = self.assigned
+        after = {TopicPartition(self.topic, p) for p in assigned_after or ()}
+        if protocol in ("eager", "eager-begin"):
+            run(self.listener.on_partitions_revoked(set(before)))
+        if protocol in ("eager", "eager-end"):
+            self._assign(after)
+            run(self.listener.on_partitions_assigned(set(after)))
+        if protocol == "cooperative":
+            self._assign(after)
+            if before - after:
+                run(self.listener.on_partitions_revoked(before - after))
+            if after - before:
+                run(self.listener.on_partitions_assigned(after - before))
+
+    def _assign(self, partitions: set[TopicPartition]) -> None:
+        """A partition we keep keeps its state (position, pause); a new one starts at the commit."""
+        for tp in partitions - self.assigned:
+            self.positions[tp.partition] = self.committed().get(tp.partition, 0)
+        self.assigned = set(partitions)
+        self.paused &= self.assigned
 
     def group_metadata(self) -> Any:
         return SimpleNamespace(state=MemberState.STABLE)
 
-    def commit(self, offsets: dict) -> None:
+    def commit(self, offsets: dict, timeout_ms: int | None = None) -> None:
         self.calls.append(("commit", {(tp.partition): meta.offset for tp, meta in offsets.items()}))
+        self.calls.append(("commit timeout", timeout_ms))
         if self.commit_errors:
             raise self.commit_errors.pop(0)
 
+    async def _commit_offsets_sync_async(self, offsets: dict, timeout_ms: int | None = None) -> None:
+        self.commit(offsets, timeout_ms)
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
+        assert tp in self.assigned, "kafka-python refuses to seek a partition it does not own"
         self.calls.append(("seek", (tp.partition, offset)))
+        self.positions[tp.partition] = offset
 
     def commits(self) -> list[dict[int, int]]:
         return [arg for name, arg in self.calls if name == "commit"]
+
+    def committed(self) -> dict[int, int]:
+        """What the group holds: the last commit of each partition."""
+        out: dict[int, int] = {}
+        for offsets in self.commits():
+            out.update(offsets)
+        return out
+
+
+def run(coroutine: Any) -> Any:
+    """Run one of the listener's coroutines to its end, as kafka-python's I/O loop would."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the listener waited for something that never comes")
 
 
 class ScriptedCollector:
@@ -102,13 +177,17 @@ class ScriptedCollector:
         self.answers = list(answers)
         self.consumer = consumer
         self.attempts: list[float] = []  # clock time of each attempt
+        self.accepted: list[tuple[int, int]] = []  # (partition, offset) of each record accepted
 
     def __call__(self, batch: Sequence[LogRecord]) -> None:
         self.attempts.append(self.clock.now)
-        assert not self.consumer.commits(), "nothing is committed before an export is accepted"
+        committed = self.consumer.committed()
+        assert all(committed.get(r.partition, 0) <= r.offset for r in batch), \
+            "nothing of a batch is committed before the collector accepts it"
         answer = self.answers.pop(0) if self.answers else None
         if answer is not None:
             raise answer
+        self.accepted += [(r.partition, r.offset) for r in batch]
 
 
 def record(partition: int, offset: int) -> LogRecord:
@@ -135,6 +214,7 @@ def forward(answers: list[ExportError | None], *, abandon_at: float | None = Non
     abandon = FakeAbandon(clock, None if abandon_at is None else clock.now + abandon_at)
     reader = ForwardReader(Settings(retry_backoff_max_s=retry_max_s), ComponentStatus("forward"), collector,
                            abandon, dead_letter=dead_letter, clock=clock)
+    consumer.subscribe(["logs"], listener=ForwardRebalance(reader, consumer))
     return reader, consumer, collector, clock
 
 
@@ -249,6 +329,136 @@ def test_a_commit_during_a_rebalance_is_retried_for_the_partitions_still_owned()
     reader._deliver(consumer, BATCH)
     assert consumer.commits() == [{0: 8, 1: 4}, {0: 8}]
     assert ("seek", (0, 8)) in consumer.calls, "the rejoin reset positions to the old commit: seek past the batch"
+
+
+def test_every_commit_has_a_deadline_inside_the_drain_budget():
+    reader, consumer, collector, _ = forward([None])
+    reader._deliver(consumer, BATCH)
+    assert [arg for name, arg in consumer.calls if name == "commit timeout"] == [COMMIT_TIMEOUT_MS]
+    assert COMMIT_TIMEOUT_MS <= 5_000, "not kafka-python's default of request_timeout_ms (30 s)"
+
+
+# -- rebalances: what the old owner commits and hands back, what a retry may read ------------------
+
+
+def polls(consumer: FakeConsumer) -> list[frozenset]:
+    return [fetchable for name, fetchable in consumer.calls if name == "poll"]
+
+
+def deliver_all(reader: ForwardReader, consumer: FakeConsumer, batch: list[LogRecord]) -> None:
+    """Deliver the batch, then whatever went back into the batcher, as the reader loop would."""
+    reader._deliver(consumer, batch)
+    while len(reader.batcher):
+        reader._deliver(consumer, reader.batcher.take())
+
+
+def test_a_partition_assigned_during_a_retry_is_not_read_until_the_retry_ends():
+    """Issue 13: the rebalance's new partition has records waiting; none may join a batch
+    while the retry waits."""
+    consumer = FakeConsumer(partitions=(0, 1))
+    consumer.waiting = {2: 50}  # partition 2, offsets 0-49, waits for whoever owns it
+    consumer.rebalances = [("eager", {0, 1, 2})]  # 0 and 1 revoked and given back, and 2 added
+    reader, consumer, collector, _ = forward([unavailable(retry_after=3.0), None], consumer=consumer)
+    reader._deliver(consumer, [record(0, 5), record(1, 3)])
+    assert all(fetchable == frozenset() for fetchable in polls(consumer)), "every partition stayed paused"
+    assert consumer.positions.get(2, 0) == 0, "partition 2 was not read: its position did not move"
+    assert consumer.paused == set(), "all three resumed when the retry ended"
+    assert [(r.partition, r.offset) for r in reader.batcher.take()] == [(0, 5), (1, 3)], \
+        "the batch of the partitions we kept went back to be exported, and nothing else joined it"
+    assert consumer.commits() == [] and "records_handed_over" not in reader.status.counters
+
+
+@pytest.mark.parametrize("protocol", ["eager", "cooperative"])
+def test_a_retry_goes_on_with_the_partitions_still_owned_and_hands_over_the_rest(protocol):
+    consumer = FakeConsumer(partitions=(0, 1))
+    consumer.rebalances = [(protocol, {0})]  # partition 1 moves to another member
+    reader, consumer, collector, _ = forward([unavailable(retry_after=2.0), None], consumer=consumer)
+    deliver_all(reader, consumer, list(BATCH))
+    assert sorted(collector.accepted) == [(0, 5), (0, 6), (0, 7)], "each record of partition 0 once"
+    assert consumer.commits() == [{0: 8}], "partition 1's record is its new owner's to export and commit"
+    assert reader.status.counters["records_committed"] == 3
+    assert reader.status.counters["records_handed_over"] == 1
+    assert not [call for call in consumer.calls if call[0] == "seek"], "a partition that went needs no seek"
+
+
+def test_a_rebalance_that_takes_two_polls_during_a_retry_loses_nothing():
+    """The revocation takes the batch in flight in the retry's one poll, which ends that
+    export; the assignment comes with the reader loop's next poll: what comes back must
+    still be exported, and before anything past it is committed."""
+    consumer = FakeConsumer(partitions=(0, 1))
+    consumer.rebalances = [("eager-begin", None), ("eager-end", {0, 1})]
+    reader, consumer, collector, _ = forward([unavailable(), None], consumer=consumer)
+    reader._deliver(consumer, list(BATCH))
+    assert polls(consumer) == [frozenset()], "one paused poll while the retry waited"
+    consumer.poll()  # the reader loop's next poll: the join completes
+    reader.batcher.add([record(0, 8)])  # and what the loop reads next joins the batch
+    deliver_all(reader, consumer, reader.batcher.take())
+    assert sorted(collector.accepted) == [(0, 5), (0, 6), (0, 7), (0, 8), (1, 3)]
+    assert consumer.commits() == [{0: 9, 1: 4}]
+
+
+@pytest.mark.parametrize("protocol", ["eager", "cooperative"])
+def test_before_a_partition_goes_its_exported_offsets_are_committed_and_its_unexported_records_handed_over(
+        protocol):
+    consumer = FakeConsumer(partitions=(0, 1))
+    consumer.commit_errors = [kafka_errors.KafkaTimeoutError("commit timed out")]
+    reader, consumer, collector, _ = forward([None], consumer=consumer)
+    reader._deliver(consumer, list(BATCH))  # exported; the commit {0: 8, 1: 4} timed out
+    reader.batcher.add([record(0, 8), record(1, 4), record(1, 5)])
+    consumer.positions = consumer.waiting = {0: 9, 1: 6}  # read up to there
+    consumer.rebalances = [(protocol, {0})]
+    assert consumer.poll() == {}, "the rebalance ran in this poll; partition 0 has nothing new"
+    assert consumer.commits()[-1][1] == 4, "partition 1's exported records were committed before it went"
+    assert [arg for name, arg in consumer.calls if name == "commit timeout"][-1] == COMMIT_TIMEOUT_MS
+    assert reader.status.counters["revoke_commits"] == 1
+    assert [(r.partition, r.offset) for r in reader.batcher.take()] == [(0, 8)], \
+        "partition 1's records left the batch, partition 0's stayed"
+    assert reader.status.counters["records_handed_over"] == 2
+    reader._deliver(consumer, [record(0, 8)])
+    assert consumer.commits()[-1] == {0: 9}
+
+
+def test_a_failed_commit_before_a_partition_goes_is_counted_and_does_not_break_the_rebalance(caplog):
+    consumer = FakeConsumer(partitions=(0, 1))
+    consumer.commit_errors = [kafka_errors.KafkaTimeoutError("commit timed out")] * 2
+    reader, consumer, collector, _ = forward([None], consumer=consumer)
+    reader._deliver(consumer, list(BATCH))
+    consumer.rebalances = [("eager", {0})]
+    consumer.poll()  # the listener must not raise: kafka-python would re-raise it from poll()
+    assert reader.status.counters["commit_failures"] == 2
+    assert "may re-export some records" in caplog.text
+    assert consumer.assigned == {TopicPartition("logs", 0)}
+
+
+def test_lost_partitions_are_handed_over_without_a_commit():
+    consumer = FakeConsumer(partitions=(0, 1))
+    consumer.commit_errors = [kafka_errors.KafkaTimeoutError("commit timed out")]
+    reader, consumer, collector, _ = forward([None], consumer=consumer)
+    reader._deliver(consumer, list(BATCH))
+    reader.batcher.add([record(0, 8)])
+    run(consumer.listener.on_partitions_lost({TopicPartition("logs", 0), TopicPartition("logs", 1)}))
+    assert consumer.commits() == [{0: 8, 1: 4}], "only the first, failed commit: an evicted member cannot commit"
+    assert len(reader.batcher) == 0 and reader.status.counters["records_handed_over"] == 1
+
+
+def test_the_kafka_python_coroutine_the_listener_commits_with_is_still_there():
+    """The listener awaits kafka-python's own pre-rebalance commit (a private coroutine, so
+    an upgrade could remove it: the rebalance test would only see more duplicates)."""
+    from kafka.coordinator.consumer import ConsumerCoordinator
+    commit = ConsumerCoordinator._commit_offsets_sync_async
+    assert inspect.iscoroutinefunction(commit)
+    assert list(inspect.signature(commit).parameters) == ["self", "offsets", "timeout_ms"]
+
+
+def test_records_a_paused_poll_returns_all_the_same_are_put_back_not_batched():
+    consumer = FakeConsumer(partitions=(0,))
+    consumer.waiting = {0: 20}
+    consumer.positions = {0: 10}
+    reader, consumer, collector, _ = forward([unavailable(), None], consumer=consumer)
+    consumer.pause = lambda *partitions: None  # a pause that did not take
+    reader._deliver(consumer, [record(0, 9)])
+    assert len(reader.batcher) == 0
+    assert consumer.positions[0] == 10, "the position went back to the first record returned"
 
 
 # -- which answers are retriable: OtlpSink.export with a scripted transport ------------------------
