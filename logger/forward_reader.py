@@ -16,9 +16,10 @@ in one place:
 
 A **rebalance** is handled in one place, :class:`ForwardRebalance`: before a
 partition goes, what was exported from it is committed, and what was read from
-it but not exported is dropped, not exported (its next owner reads it from that
-commit), so nothing is sent twice or missed; partitions we keep keep their
-records. Partitions assigned while a retry waits stay paused until it ends.
+it but not exported is dropped once the group says it went (its next owner
+reads it from that commit), so nothing is sent twice or missed; partitions we
+keep keep their records, in place, however long the join takes. Partitions
+assigned while a retry waits stay paused until it ends.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ log = logging.getLogger(__name__)
 
 LAG_UPDATE_S = 2.0
 REJOIN_WAIT_S = 10.0  # how long a commit waits for a rebalance to finish before giving up
+# How long a retry's poll waits for a join under way. kafka-python 3.0.12 drops a join that
+# ended between two polls and sends another (BaseCoordinator.join_group_async): polled with
+# timeout_ms=0 once a second, a join never ends while the collector is down.
+JOIN_WAIT_S = 0.2
 # A commit's deadline (kafka-python's default is request_timeout_ms, 30 s): it must fit in
 # the drain budget (READERS_SHARE of GRACEFUL_TIMEOUT - 3 s, 10 s by default) with the last
 # export; a commit that blocked longer made the drain abandon it (issue 15). A commit that
@@ -77,7 +82,7 @@ class ForwardReader(Reader):
         # leave its offsets uncommitted (the next owner re-reads those records).
         self.abandon = abandon
         # The batch being exported. A rebalance while it waits for a retry takes out
-        # the records of the partitions it revoked: their next owner reads them.
+        # the records of the partitions that went: their next owner reads them.
         self._in_flight: list[LogRecord] = []
         # Per partition, the next offset after records the collector accepted but the
         # group has not taken yet (a commit failed or timed out): committed with the next
@@ -86,9 +91,10 @@ class ForwardReader(Reader):
         # True while we poll only to stay in the group (a retry waits, a rejoin finishes):
         # nothing may be read then, from partitions a rebalance assigns meanwhile neither.
         self._holding = False
-        # Records a rebalance took out of the batches until it says whether their
-        # partitions come back: see release_partitions.
-        self._released: list[LogRecord] = []
+        # Partitions revoked but still ours until the join ends (the eager protocol): their
+        # records stay where they are, exported or retried as usual, until the assignment
+        # says which of them went (see release_partitions).
+        self._handing_over: set[TopicPartition] = set()
 
     def _open(self) -> KafkaConsumer:
         consumer = KafkaConsumer(group_id=self.settings.kafka_group_id,
@@ -99,7 +105,7 @@ class ForwardReader(Reader):
             raise TopicMissing(f"Kafka topic {self.settings.kafka_topic!r} does not exist "
                                 f"at {','.join(self.settings.kafka_brokers)} (check KAFKA_TOPIC)")
         self._uncommitted.clear()  # a new consumer starts from the group's commits
-        self._released.clear()
+        self._handing_over.clear()
         consumer.subscribe([self.settings.kafka_topic], listener=ForwardRebalance(self, consumer))
         return consumer  # "ok" once the group is joined, see _tick
 
@@ -119,7 +125,7 @@ class ForwardReader(Reader):
         try:
             if not self._export_until_accepted(consumer):
                 return
-            exported = self._in_flight  # less what a rebalance revoked during a retry
+            exported = self._in_flight  # less what a rebalance took away during a retry
         finally:
             self._in_flight = []
         if not exported:
@@ -218,8 +224,8 @@ class ForwardReader(Reader):
                 if not self._wait_for_retry(consumer, backoff.next(exc.retry_after or 0.0)):
                     log.warning("shutdown: %d records not exported, offsets left uncommitted", len(self._in_flight))
                     return False
-        # A rebalance revoked the partitions of every record left: their next owners read
-        # them, or they come back into the batch being gathered (take_back_partitions).
+        # Every partition of the batch went to other members during a retry: their next
+        # owners read those records from the last commit.
         return True
 
     def _wait_for_retry(self, consumer: KafkaConsumer, delay: float) -> bool:
@@ -252,8 +258,10 @@ class ForwardReader(Reader):
 
     def _stay_in_group(self, consumer: KafkaConsumer) -> None:
         """Tell the group we are alive while a retry waits, so an outage longer than
-        max.poll.interval.ms does not cost our partitions."""
-        self._poll_paused(consumer, 0)
+        max.poll.interval.ms does not cost our partitions; a join under way gets
+        ``JOIN_WAIT_S`` to end."""
+        joining = consumer.group_metadata().state != MemberState.STABLE
+        self._poll_paused(consumer, JOIN_WAIT_S if joining else 0)
 
     def _poll_paused(self, consumer: KafkaConsumer, wait_s: float) -> None:
         """Poll with every partition paused: it reads nothing, but keeps us in the group and
@@ -286,45 +294,49 @@ class ForwardReader(Reader):
 
     def release_partitions(self, consumer: KafkaConsumer, revoked: set[TopicPartition]
                            ) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Take what was read from ``revoked`` but not exported out of the batch being
-        gathered and the one waiting for a retry, and return what was exported but not
-        committed, to commit now.
+        """Partitions are about to go: drop what was read from those already gone, and
+        return what was exported but not committed, to commit now.
 
-        What was not exported is not exported here: the next owner reads it from the last
-        commit anyway, so it would go twice. Under the eager protocol (kafka-python's
-        default assignors) every partition is revoked before the group says who gets
-        what, so the records wait (``_released``) until :meth:`take_back_partitions`
-        knows which partitions come back; a partition already gone (cooperative) drops
-        them at once.
+        What was not exported is not exported by us if its partition goes: the next owner
+        reads it from the last commit anyway, so it would go twice. Under the eager
+        protocol (kafka-python's default assignors) every partition is revoked *before*
+        the group says who gets what, and it stays assigned until then: those records stay
+        where they are (the batch being gathered, the one being retried) until
+        :meth:`take_back_partitions` knows which partitions went. Taking them out here
+        made them hostages of the join: a join that did not end (kafka-python 3.0.12 drops
+        a join that finished between two polls and starts another,
+        ``BaseCoordinator.join_group_async``) left them neither exported nor retried, and
+        the retry of an unreachable collector stopped. A partition already gone
+        (cooperative) drops them at once.
         """
-        def revoked_record(record: LogRecord) -> bool:
-            return TopicPartition(record.topic, record.partition) in revoked
-        self._released += [r for r in self._in_flight if revoked_record(r)] + self.batcher.drop(revoked_record)
-        self._in_flight = [r for r in self._in_flight if not revoked_record(r)]
-        self._drop_released(lambda tp: tp not in consumer.assignment())
+        owned = consumer.assignment()
+        self._drop_records(lambda tp: tp in revoked and tp not in owned)
+        self._handing_over |= revoked & owned
         return {tp: OffsetAndMetadata(self._uncommitted.pop(tp), "", -1)
                 for tp in revoked if tp in self._uncommitted}
 
     def take_back_partitions(self, consumer: KafkaConsumer, assigned: set[TopicPartition]) -> None:
-        """The rebalance is done: records of partitions we kept go back into the batch
-        being gathered (kafka-python 3 keeps a retained partition's position, so they are
-        not read twice), those of partitions that went are dropped (their next owner reads
-        them). Into that batch, not the one in flight: the rebalance may have taken more
-        than one poll, and the export of that batch may have ended meanwhile. While we hold
-        (a retry waits), new partitions wait too: :meth:`_poll_paused` resumes them."""
-        self._drop_released(lambda tp: tp not in assigned)
-        self.batcher.add(self._released)
-        self._released = []
+        """The rebalance is done: records of revoked partitions that went are dropped from
+        the batch being gathered and the one being retried (their next owner reads them);
+        those of partitions we kept stay (kafka-python 3 keeps a retained partition's
+        position, so they are not read twice). While we hold (a retry waits), new
+        partitions wait too: :meth:`_poll_paused` resumes them."""
+        went = self._handing_over - assigned
+        self._handing_over = set()
+        self._drop_records(lambda tp: tp in went)
         if self._holding and assigned:
             consumer.pause(*assigned)
 
-    def _drop_released(self, gone: Callable[[TopicPartition], bool]) -> None:
-        """Forget released records of partitions that are ``gone``: never exported, never
-        committed, their next owner reads them from the last commit."""
-        kept = [r for r in self._released if not gone(TopicPartition(r.topic, r.partition))]
-        if len(kept) < len(self._released):
-            self.status.count("records_handed_over", len(self._released) - len(kept))
-            self._released = kept
+    def _drop_records(self, gone: Callable[[TopicPartition], bool]) -> None:
+        """Forget the records of partitions that are ``gone``, gathered or in flight: never
+        exported, never committed, their next owner reads them from the last commit."""
+        def of_gone(record: LogRecord) -> bool:
+            return gone(TopicPartition(record.topic, record.partition))
+        kept = [r for r in self._in_flight if not of_gone(r)]
+        dropped = len(self._in_flight) - len(kept) + len(self.batcher.drop(of_gone))
+        self._in_flight = kept
+        if dropped:
+            self.status.count("records_handed_over", dropped)
 
     def _set_aside(self, batch: list[LogRecord], reason: str) -> bool:
         """A batch the collector refuses for good (400, 413…): retrying cannot help, and

@@ -76,6 +76,8 @@ class FakeConsumer:
         self.rebalances: list[tuple[str, set[int] | None]] = []  # (protocol, assignment after), one per poll
         self.listener: Any = None
         self._coordinator = self  # the listener's commit goes through the coordinator
+        self.state = MemberState.STABLE
+        self.clock: FakeClock | None = None
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         self.listener = listener
@@ -91,6 +93,9 @@ class FakeConsumer:
         self.paused -= set(partitions)
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        self.calls.append(("poll timeout", timeout_ms))
+        if self.clock is not None:
+            self.clock.now += timeout_ms / 1000  # a poll waits its timeout when nothing comes
         if self.rebalances:
             self._rebalance(*self.rebalances.pop(0))
         fetchable = self.assigned - self.paused
@@ -133,7 +138,7 @@ class FakeConsumer:
         self.paused &= self.assigned
 
     def group_metadata(self) -> Any:
-        return SimpleNamespace(state=MemberState.STABLE)
+        return SimpleNamespace(state=self.state)
 
     def commit(self, offsets: dict, timeout_ms: int | None = None) -> None:
         self.calls.append(("commit", {(tp.partition): meta.offset for tp, meta in offsets.items()}))
@@ -210,6 +215,7 @@ def forward(answers: list[ExportError | None], *, abandon_at: float | None = Non
             retry_max_s: float = 30.0, consumer: FakeConsumer | None = None):
     clock = FakeClock()
     consumer = consumer or FakeConsumer()
+    consumer.clock = clock
     collector = ScriptedCollector(clock, answers, consumer)
     abandon = FakeAbandon(clock, None if abandon_at is None else clock.now + abandon_at)
     reader = ForwardReader(Settings(retry_backoff_max_s=retry_max_s), ComponentStatus("forward"), collector,
@@ -363,9 +369,9 @@ def test_a_partition_assigned_during_a_retry_is_not_read_until_the_retry_ends():
     assert all(fetchable == frozenset() for fetchable in polls(consumer)), "every partition stayed paused"
     assert consumer.positions.get(2, 0) == 0, "partition 2 was not read: its position did not move"
     assert consumer.paused == set(), "all three resumed when the retry ended"
-    assert [(r.partition, r.offset) for r in reader.batcher.take()] == [(0, 5), (1, 3)], \
-        "the batch of the partitions we kept went back to be exported, and nothing else joined it"
-    assert consumer.commits() == [] and "records_handed_over" not in reader.status.counters
+    assert collector.accepted == [(0, 5), (1, 3)], "the retry went on with the partitions we kept, and only them"
+    assert len(reader.batcher) == 0 and "records_handed_over" not in reader.status.counters
+    assert consumer.commits() == [{0: 6, 1: 4}]
 
 
 @pytest.mark.parametrize("protocol", ["eager", "cooperative"])
@@ -382,9 +388,8 @@ def test_a_retry_goes_on_with_the_partitions_still_owned_and_hands_over_the_rest
 
 
 def test_a_rebalance_that_takes_two_polls_during_a_retry_loses_nothing():
-    """The revocation takes the batch in flight in the retry's one poll, which ends that
-    export; the assignment comes with the reader loop's next poll: what comes back must
-    still be exported, and before anything past it is committed."""
+    """The revocation comes in the retry's one poll, the assignment with the reader loop's
+    next poll: the batch in flight is not held back meanwhile, and nothing is lost."""
     consumer = FakeConsumer(partitions=(0, 1))
     consumer.rebalances = [("eager-begin", None), ("eager-end", {0, 1})]
     reader, consumer, collector, _ = forward([unavailable(), None], consumer=consumer)
@@ -394,7 +399,47 @@ def test_a_rebalance_that_takes_two_polls_during_a_retry_loses_nothing():
     reader.batcher.add([record(0, 8)])  # and what the loop reads next joins the batch
     deliver_all(reader, consumer, reader.batcher.take())
     assert sorted(collector.accepted) == [(0, 5), (0, 6), (0, 7), (0, 8), (1, 3)]
-    assert consumer.commits() == [{0: 9, 1: 4}]
+    assert consumer.committed() == {0: 9, 1: 4}
+    assert "records_handed_over" not in reader.status.counters
+
+
+def test_a_join_that_does_not_end_during_a_retry_does_not_stop_the_retry():
+    """The CI failure of test_coming_from_go: the group revoked every partition in the
+    retry's first poll and the join never ended (kafka-python 3.0.12 drops a join that
+    finished between two polls and sends another, so a retry's poll(timeout_ms=0) once a
+    second never sees one end). The batch must go on being retried, not wait on the join."""
+    consumer = FakeConsumer(partitions=(0, 1))
+    consumer.rebalances = [("eager-begin", None)]  # revoked, never assigned
+    reader, consumer, collector, _ = forward([unavailable()] * 3 + [None], consumer=consumer)
+    reader._deliver(consumer, list(BATCH))
+    assert len(collector.attempts) == 4 and reader.status.counters["export_retries"] == 3
+    assert sorted(collector.accepted) == [(0, 5), (0, 6), (0, 7), (1, 3)]
+
+
+def test_while_a_join_is_under_way_a_retry_polls_long_enough_for_it_to_end():
+    """kafka-python 3.0.12 drops a join that ended between two polls: polled with
+    timeout_ms=0 once a second, the join never ends while the collector is down."""
+    consumer = FakeConsumer(partitions=(0,))
+    consumer.state = MemberState.REBALANCING
+    reader, consumer, collector, _ = forward([unavailable(), None], consumer=consumer)
+    reader._deliver(consumer, [record(0, 5)])
+    timeouts = [arg for name, arg in consumer.calls if name == "poll timeout"]
+    assert timeouts and all(timeout > 0 for timeout in timeouts)
+    consumer.calls.clear()
+    consumer.state = MemberState.STABLE
+    reader._stay_in_group(consumer)
+    assert [arg for name, arg in consumer.calls if name == "poll timeout"] == [0], "a stable group: no wait"
+
+
+def test_a_join_that_does_not_end_leaves_the_batch_being_gathered_to_go_out():
+    """The CI failure of test_tls: the group revoked every partition while the first record
+    waited in the batch, and the join never ended: the record must still go out when due."""
+    consumer = FakeConsumer(partitions=(0, 1))
+    reader, consumer, collector, _ = forward([None], consumer=consumer)
+    reader.batcher.add([record(0, 8)])
+    consumer.rebalances = [("eager-begin", None)]
+    consumer.poll()
+    assert [(r.partition, r.offset) for r in reader.batcher.take()] == [(0, 8)]
 
 
 @pytest.mark.parametrize("protocol", ["eager", "cooperative"])
