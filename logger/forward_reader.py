@@ -50,9 +50,9 @@ log = logging.getLogger(__name__)
 
 LAG_UPDATE_S = 2.0
 REJOIN_WAIT_S = 10.0  # how long a commit waits for a rebalance to finish before giving up
-# How long a retry's poll waits for a join under way. kafka-python 3.0.12 drops a join that
-# ended between two polls and sends another (BaseCoordinator.join_group_async): polled with
-# timeout_ms=0 once a second, a join never ends while the collector is down.
+# How long a retry's poll waits for a join under way, so that a rebalance during an outage
+# ends in about one round trip rather than over several one-second waits. (A join that ends
+# between two polls counts too: logger.kafka_join_fix.)
 JOIN_WAIT_S = 0.2
 # A commit's deadline (kafka-python's default is request_timeout_ms, 30 s): it must fit in
 # the drain budget (READERS_SHARE of GRACEFUL_TIMEOUT - 3 s, 10 s by default) with the last
@@ -303,10 +303,9 @@ class ForwardReader(Reader):
         the group says who gets what, and it stays assigned until then: those records stay
         where they are (the batch being gathered, the one being retried) until
         :meth:`take_back_partitions` knows which partitions went. Taking them out here
-        made them hostages of the join: a join that did not end (kafka-python 3.0.12 drops
-        a join that finished between two polls and starts another,
-        ``BaseCoordinator.join_group_async``) left them neither exported nor retried, and
-        the retry of an unreachable collector stopped. A partition already gone
+        made them hostages of the join: a join that did not end (see
+        :mod:`logger.kafka_join_fix`) left them neither exported nor retried, and the
+        retry of an unreachable collector stopped. A partition already gone
         (cooperative) drops them at once.
         """
         owned = consumer.assignment()

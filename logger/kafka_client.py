@@ -7,6 +7,9 @@
   (:class:`KafkaClientLog`, one per reader), and never naming the secret.
 * :class:`TopicMissing`: the configured topic does not exist.
 
+Importing it installs :mod:`logger.kafka_join_fix` (a kafka-python 3.0.12 bug
+that can keep a consumer group member from ever becoming stable).
+
 The master imports nothing of this (see ``logger.gunicorn_worker``):
 kafka-python is imported in the workers, after gevent's monkey-patching.
 """
@@ -23,8 +26,11 @@ from typing import Any
 
 from kafka import errors as kafka_errors
 
+from logger import kafka_join_fix
 from logger.config import Settings
 from logger.status import iso_time
+
+kafka_join_fix.install()
 
 # kafka-python appends the next retry's delay to its lines; kept in a message, it
 # would make every retry look like a new error (and be logged again).

@@ -162,3 +162,39 @@ def test_a_collector_outage_never_stalls_the_live_tail_and_loses_nothing(kafka, 
         records = back.wait_for(100, timeout=30)
         assert seqs(records) == list(range(100))
         proc.wait_until(lambda: proc.health()["collector"]["state"] == "ok", 10, "the collector to be ok")
+
+
+def test_members_joining_and_leaving_while_the_collector_is_down_neither_stop_the_retries_nor_lose_records(
+        kafka, topic, service, direct_receiver, run_id):
+    """Two rebalances in the middle of an export retry (issues 13 and 15.6).
+
+    The first worker is retrying when a second joins the group and, once it owns
+    partitions, leaves it. Each rebalance runs inside the first worker's polls
+    between two attempts. Once kafka-python 3.0.12 dropped a join that ended
+    between two of those polls, so the group never got stable again, and records
+    of revoked partitions waited for a join that never came: the retries stopped.
+    """
+    name = topic(3)
+    group = f"group-{run_id}"
+    direct_receiver.fail_next(100_000, status=503)  # down until cleared below
+    down = {"OTLP_ENDPOINT": direct_receiver.endpoint, "EXPORT_RETRY_MAX_S": "1"}
+
+    def forward(proc):
+        return proc.health()["kafka"]["forward"]
+
+    first = service(name, group=group, **down)
+    produce(kafka, name, values(run_id, 300), partition_of=lambda i: i % 3)
+    first.wait_until(lambda: forward(first).get("export_retries", 0) >= 2, 30, "the first worker to retry")
+    second = service(name, group=group, **down)  # ready once the group is stable with both
+    second.wait_until(lambda: forward(second).get("partitions", 0) > 0, 30, "the second worker to own partitions")
+    second.signal(15)
+    assert second.wait(30) == 0
+    retried = forward(first)["export_retries"]
+    first.wait_until(lambda: forward(first)["export_retries"] >= retried + 3, 30,
+                     "the first worker to go on retrying after both rebalances")
+    first.wait_until(lambda: forward(first)["state"] == "ok" and forward(first)["partitions"] == 3, 30,
+                     "the first worker to be in a stable group with every partition")
+
+    direct_receiver.clear()  # the collector is back
+    records = direct_receiver.wait_for(300, timeout=60)
+    assert set(seqs(records)) == set(range(300)), "every record arrives once the collector is back"
