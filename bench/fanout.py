@@ -13,7 +13,8 @@ same load-client process (``bench.clients``). Scenarios:
    either server can fan out: deliveries/s and the server's CPU%;
 3. ``latency``    -- 2,000 records/s, 1k clients: produce → receive latency p50/p99;
 4. ``stalled``    -- 1k clients, then 10 more that never read: the others' rate and latency, and RSS growth;
-5. ``startup``    -- launch → first 200 from ``GET /health``, median of 5;
+5. ``startup``    -- launch → first 200 from ``GET /health``, median of 5 (and the floor:
+                      bare Gunicorn + gevent-websocket + Flask, ``bench.floor_app``);
 6. ``forward``    -- records/s from Kafka through a real Rotel collector, against the stock
    OpenTelemetry logging path (``bench.forward``);
 7. ``scoped``     -- the cost of token scopes (issue 14), ours against ours: 10k clients over 100
@@ -324,6 +325,20 @@ class Peer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class Floor(Peer):
+    """``bench.floor_app`` under Gunicorn with gevent-websocket's worker: the architecture alone."""
+
+    name = "floor"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        # -c /dev/null: no configuration file (by default Gunicorn loads ./gunicorn.conf.py, ours).
+        self.cmd = [sys.executable, "-m", "gunicorn", "-c", "/dev/null", "--worker-class",
+                    "geventwebsocket.gunicorn.workers.GeventWebSocketWorker", "--workers", "1",
+                    "--bind", f"127.0.0.1:{self.port}", "bench.floor_app:app"]
+        self.log_path = ctx.log_dir / f"floor-{self.port}.log"
 
 
 Server = Ours | Peer
@@ -689,9 +704,26 @@ def scenario_startup(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
                      "median_first_200_s": statistics.median(r["first_200_s"] for r in runs if r["first_200_s"]),
                      "median_tail_ready_s": statistics.median(r["tail_ready_s"] for r in runs if r["tail_ready_s"])}
         _say(f"{side}: first 200 {raw[side]['median_first_200_s']} s, tail ready {raw[side]['median_tail_ready_s']} s")
+    # The floor: Gunicorn + gevent-websocket + Flask answering /health, none of our code, launched
+    # as many times after both sides: the least any service of this architecture takes here now.
+    floor_runs = []
+    for _ in range(ctx.sizes.startup_launches):
+        floor = Floor(ctx)
+        try:
+            began = time.monotonic()
+            floor.launch()
+            while floor.health() is None and time.monotonic() - began < 60:
+                time.sleep(0.01)
+            floor_runs.append(round(time.monotonic() - began, 3))
+        finally:
+            floor.stop()
+    raw["floor"] = {"first_200_s": floor_runs, "median_first_200_s": statistics.median(floor_runs)}
+    _say(f"floor: first 200 {raw['floor']['median_first_200_s']} s")
     o, p = raw["ours"], raw["peer"]
     return raw, [row("start-up: launch → first /health 200", o["median_first_200_s"] * 1000,
                      p["median_first_200_s"] * 1000, "ms", "lower"),
+                 row("start-up floor (Gunicorn + gevent-websocket + Flask, no service) → first 200",
+                     raw["floor"]["median_first_200_s"] * 1000, p["median_first_200_s"] * 1000, "ms", "lower"),
                  row("start-up: launch → Kafka tail ready", o["median_tail_ready_s"] * 1000,
                      p["median_tail_ready_s"] * 1000, "ms", "lower")]
 

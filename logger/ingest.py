@@ -3,7 +3,7 @@
 Mounted by ``create_app`` when ``INGEST_TOKEN`` is set, or authentication is
 on (issue 14). A caller sends ``Authorization: Bearer`` with either the
 ``INGEST_TOKEN`` (compared in constant time) or a JSON Web Token, verified by
-the service's :class:`~logger.auth.TokenVerifier`, whose ``AUTH_WRITE_CLAIM``
+the service's :class:`~logger.tokens.TokenVerifier`, whose ``AUTH_WRITE_CLAIM``
 (``logs.write``) is true. A JWT writer's records carry who sent them: the
 attribute ``enduser.id`` (OpenTelemetry's semantic convention) set to the
 token's ``sub``, replacing whatever the body said, so one writer cannot pass

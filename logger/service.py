@@ -15,23 +15,25 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.event import Event
 
 import logger
 from logger import metrics
-from logger.auth import Authorize, TokenVerifier
+from logger.auth import Authorize
 from logger.config import Settings, without_password
 from logger.hub import Hub
 from logger.kafka_sink import KafkaPublisher
-from logger.forward_reader import ForwardReader
 from logger.reader import Reader
 from logger.tail_reader import TailReader
-from logger.otlp import OtlpSink
 from logger.records import LogRecord
 from logger.status import DEGRADED, DISABLED, IDLE, OK, STARTING, ComponentStatus
+
+if TYPE_CHECKING:
+    from logger import tokens
+    from logger.otlp import OtlpSink
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,10 @@ class LogService:
         self.settings = settings
         # With AUTH_JWKS_URL or AUTH_JWT_SECRET, tokens are checked (issue 14); a team's own
         # authorize (create_app(authorize=...)) replaces that check, and may call it.
-        self.verifier = TokenVerifier(settings) if settings.auth_enabled else None
+        self.verifier: tokens.TokenVerifier | None = None
+        if settings.auth_enabled:
+            from logger.tokens import TokenVerifier  # PyJWT + cryptography: ~25 ms of start-up, only when on
+            self.verifier = TokenVerifier(settings)
         self.hub = Hub(settings, authorize or (self.verifier.authorize if self.verifier else None))
         self.started_at = time.time()
         self.tail = ComponentStatus("kafka tail reader", STARTING if settings.tail_enabled else DISABLED,
@@ -77,6 +82,10 @@ class LogService:
                                 self.hub.announce_gap, lambda: self.hub.listening_since)
             self._run(reader)
         if settings.forward_enabled:
+            # Loaded only when forwarding: the OpenTelemetry exporter, requests and protobuf cost
+            # ~90 ms of every start, and a tail-only worker (FORWARD_ENABLED=false) never uses them.
+            from logger.forward_reader import ForwardReader
+            from logger.otlp import OtlpSink
             self._sink = OtlpSink(settings.otlp_endpoint, self.collector, settings.otlp_grpc_error)
             if settings.otlp_names_grpc_port:
                 # Kept, with this one warning, rather than refused or rewritten (README,

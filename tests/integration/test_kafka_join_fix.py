@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import time
 
+from kafka.coordinator.base import BaseCoordinator
 from kafka.structs import MemberState
 
-from logger import kafka_join_fix
-from logger.kafka_client import consumer_config  # noqa: F401 - importing it installs the fix
+from logger import kafka_client, kafka_join_fix
 
 
-def test_the_fix_is_installed_on_the_pinned_kafka_python():
+def test_importing_the_kafka_client_module_installs_the_fix_on_the_pinned_kafka_python():
     # On another version this fails on purpose: check whether upstream changed
     # join_group_async, then update or drop logger.kafka_join_fix.
+    assert kafka_client.kafka_join_fix is kafka_join_fix
+    assert BaseCoordinator.join_group_async is kafka_join_fix._join_group_keeping_a_finished_join
     assert kafka_join_fix.install()
 
 

@@ -9,8 +9,9 @@ import gevent
 import orjson
 import pytest
 
-from logger import auth
-from logger.auth import AuthError, Deadlines, Grant, TokenVerifier, scrubbed, token_from_environ
+from logger import auth, tokens
+from logger.auth import AuthError, Deadlines, Grant, scrubbed, token_from_environ
+from logger.tokens import TokenVerifier
 from logger.config import Settings
 from logger.errors import ConfigError
 from logger.filters import EVERYTHING, Filter
@@ -236,8 +237,8 @@ def refreshing(pairs, monkeypatch):
     started = []
 
     def make(min_interval_s: float) -> tuple[TokenVerifier, FakeJwks]:
-        monkeypatch.setattr(auth, "JWKS_MIN_INTERVAL_S", min_interval_s)
-        monkeypatch.setattr(auth, "JWKS_FETCH_TIMEOUT_S", 5.0)  # a wait for a fetch shows as seconds
+        monkeypatch.setattr(tokens, "JWKS_MIN_INTERVAL_S", min_interval_s)
+        monkeypatch.setattr(tokens, "JWKS_FETCH_TIMEOUT_S", 5.0)  # a wait for a fetch shows as seconds
         fetch = FakeJwks(pairs["RS256"])
         verifier = TokenVerifier(settings(), fetch=fetch)
         verifier.start()
@@ -299,7 +300,7 @@ def test_a_hanging_jwks_never_delays_tokens_of_known_keys(pairs, refreshing):
 
 
 def test_a_fetch_that_never_ends_is_cut_at_its_deadline_and_the_keys_stay(pairs, monkeypatch):
-    monkeypatch.setattr(auth, "JWKS_FETCH_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(tokens, "JWKS_FETCH_TIMEOUT_S", 0.2)
     fetch = FakeJwks(pairs["RS256"])
     v = TokenVerifier(settings(), fetch=fetch)
     v.load_jwks({"keys": [pairs["RS256"].jwk]})

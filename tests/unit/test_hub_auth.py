@@ -11,7 +11,8 @@ import gevent
 import pytest
 
 from logger.app import create_app
-from logger.auth import AuthError, Grant, TokenVerifier
+from logger.auth import AuthError, Grant
+from logger.tokens import TokenVerifier
 from logger.config import Settings
 from logger.filters import Filter
 from logger.hub import Hub
