@@ -18,9 +18,11 @@ times in 15 s and was never stable.
 The fix does what ``join_group_async`` does when it awaited the task itself
 (the lines after ``self._join_task = None`` on success): mark the member
 stable and hand the assignment to the consumer. Installed once, by
-:mod:`logger.kafka_client`, and only on the version it was written against;
-not reported upstream as of 3.0.12 (checked when pinning). On a kafka-python
-upgrade, check whether that condition changed and drop this module if so.
+:mod:`logger.kafka_client`, and only on the version it was written against
+(3.0.12, the latest release on 2026-11-30; no upstream report of it found in
+dpkp/kafka-python's issues that day). On a kafka-python upgrade, check whether
+that condition changed and drop this module if so:
+``test_kafka_join_fix.py`` fails on any other version to make sure someone does.
 """
 
 from __future__ import annotations
