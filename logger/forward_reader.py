@@ -161,6 +161,9 @@ class ForwardReader(Reader):
             except kafka_errors.RebalanceInProgressError:
                 # The group is rebalancing: finish joining, then commit what we still own.
                 self._poll_paused(consumer, REJOIN_WAIT_S)
+                if consumer.group_metadata().state != MemberState.STABLE:
+                    log.warning("the consumer group did not finish rebalancing within %g s (%s); "
+                                "committing later", REJOIN_WAIT_S, _join_state(consumer))
                 rejoined = True
                 offsets = {tp: offset for tp, offset in offsets.items() if tp in consumer.assignment()}
                 if not offsets:
@@ -356,6 +359,19 @@ class ForwardReader(Reader):
         log.error("collector rejected %d records permanently (%s); sent to dead-letter topic %r",
                   len(batch), reason, self.settings.dead_letter_topic)
         return True
+
+
+def _join_state(consumer: KafkaConsumer) -> str:
+    """Where kafka-python's group membership stands, for a warning about a join that does not
+    end (a rare CI failure: a rejoin right after the first join that never completed)."""
+    try:
+        coordinator = consumer._coordinator  # private: read only, for this one line
+        task = coordinator._join_task
+        return (f"member state {coordinator.state}, generation {coordinator._generation.generation_id}, "
+                f"rejoin needed {coordinator.need_rejoin()}, join under way {task is not None and not task.is_done}, "
+                f"coordinator {coordinator.coordinator_id}")
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must never stop the reader
+        return f"state unknown: {exc!r}"
 
 
 class ForwardRebalance(AsyncConsumerRebalanceListener):
