@@ -712,7 +712,9 @@ def scenario_startup(ctx: Context) -> tuple[dict[str, Any], list[Row]]:
         try:
             began = time.monotonic()
             floor.launch()
-            while floor.health() is None and time.monotonic() - began < 60:
+            while floor.health() is None:
+                if time.monotonic() - began > 60:
+                    raise TimeoutError(f"the floor never answered /health: {floor.log_path.read_text()[-2000:]}")
                 time.sleep(0.01)
             floor_runs.append(round(time.monotonic() - began, 3))
         finally:
