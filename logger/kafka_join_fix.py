@@ -1,27 +1,40 @@
-"""A workaround for kafka-python 3.0.12: a group join that ends between two polls is thrown away.
+"""A workaround for kafka-python 3.0.12: a group join that ends between two polls is never completed.
 
 ``BaseCoordinator.join_group_async`` keeps the JoinGroup → SyncGroup task of a
 join under way across polls, so that a short ``poll(timeout_ms=…)`` does not
-send a second JoinGroup. But it starts a new one when it finds the task
-*done* (``if self._join_task is None or self._join_task.is_done``,
-``kafka/coordinator/base.py`` line 490) and never reads that task's result.
-kafka-python's I/O loop runs on its own (a greenlet here), so a join often ends
-between two polls: the member had joined, but drops it and joins again. When
-every join takes longer than the poll that starts it (a busy broker, or a
-forward reader polling with ``timeout_ms=0`` while an export retry waits), the
-member never becomes stable. CI saw exactly that: a forward reader stuck
-"rejoining the consumer group" for good.
-``tests/integration/test_kafka_join_fix.py`` shows it on a real broker:
-polled with ``timeout_ms=0`` every half second, a stock consumer rejoined 27
-times in 15 s and was never stable.
+send a second JoinGroup. Only a poll that awaits the task to its end completes
+the join (marks the member stable, starts heartbeats, hands the assignment to
+the consumer). kafka-python's I/O loop runs on its own (a greenlet here), so a
+join often ends *between* two polls, and then:
 
-The fix does what ``join_group_async`` does when it awaited the task itself
-(the lines after ``self._join_task = None`` on success): mark the member
-stable and hand the assignment to the consumer. Installed once, by
-:mod:`logger.kafka_client`, and only on the version it was written against
-(3.0.12, the latest release on 2026-11-30; no upstream report of it found in
-dpkp/kafka-python's issues that day). On a kafka-python upgrade, check whether
-that condition changed and drop this module if so:
+1. while a rejoin is still needed, the next poll finds the task done
+   (``if self._join_task is None or self._join_task.is_done``,
+   ``kafka/coordinator/base.py`` line 490), never reads its result and joins
+   again. When every join takes longer than the poll that starts it (a busy
+   broker, or a forward reader polling with ``timeout_ms=0`` while an export
+   retry waits), the member never becomes stable: a stock consumer polled with
+   ``timeout_ms=0`` every half second rejoined 27 times in 15 s;
+2. when the need went away meanwhile, no poll looks at the task again
+   (``ConsumerCoordinator.poll`` joins only ``if self.need_rejoin()``): the
+   member stays "rebalancing" for good, without heartbeats, and every commit
+   is refused. The need goes away by itself when the leader rejoined because
+   the topic's partitions changed: its own assignment in that join makes the
+   metadata it assigned with equal to what it sees. The forward reader met
+   this at start-up, when its first assignment was made before kafka-python
+   had read the topic's metadata (in about a third of starts): CI saw nothing
+   committed before a stop.
+
+The fix: a join whose task has not been completed still counts as needed
+(:func:`_need_rejoin_until_the_join_is_completed`), and a task that ended well
+is completed the way ``join_group_async`` does after awaiting it (the lines
+after ``self._join_task = None`` on success) instead of being sent again
+(:func:`_join_group_completing_a_finished_join`). ``tests/integration/
+test_kafka_join_fix.py`` shows both on a real broker.
+
+Installed once, by :mod:`logger.kafka_client`, and only on the version it was
+written against (3.0.12, the latest release on 2026-11-30; no upstream report
+of it found in dpkp/kafka-python's issues that day). On a kafka-python
+upgrade, check whether those lines changed and drop this module if so:
 ``test_kafka_join_fix.py`` fails on any other version to make sure someone does.
 """
 
@@ -36,9 +49,15 @@ from kafka.structs import MemberState
 FIXED_VERSION = "3.0.12"  # the version whose join_group_async this was written against
 
 
-async def _join_group_keeping_a_finished_join(self: BaseCoordinator, timeout_ms: Any = None) -> bool:
+def _need_rejoin_until_the_join_is_completed(self: BaseCoordinator) -> bool:
+    # _join_task is None again once a join is completed or failed; a task still there
+    # is a join in flight or one that ended between polls and waits to be completed.
+    return _upstream_need_rejoin(self) or self._join_task is not None
+
+
+async def _join_group_completing_a_finished_join(self: BaseCoordinator, timeout_ms: Any = None) -> bool:
     finished = self._join_task
-    if finished is not None and finished.succeeded() and self.need_rejoin():
+    if finished is not None and finished.succeeded():
         # What kafka-python does after awaiting a join that succeeded.
         self._join_task = None
         with self._lock:
@@ -53,12 +72,14 @@ async def _join_group_keeping_a_finished_join(self: BaseCoordinator, timeout_ms:
     return await _upstream_join_group_async(self, timeout_ms)
 
 
+_upstream_need_rejoin = BaseCoordinator.need_rejoin
 _upstream_join_group_async = BaseCoordinator.join_group_async
 
 
 def install() -> bool:
-    """Replace ``join_group_async`` on the version it fixes; True if it is in place."""
+    """Replace ``need_rejoin`` and ``join_group_async`` on the version it fixes; True if in place."""
     if kafka.__version__ != FIXED_VERSION:
         return False
-    BaseCoordinator.join_group_async = _join_group_keeping_a_finished_join
+    BaseCoordinator.need_rejoin = _need_rejoin_until_the_join_is_completed
+    BaseCoordinator.join_group_async = _join_group_completing_a_finished_join
     return True
