@@ -57,7 +57,8 @@ def _need_rejoin_until_the_join_is_completed(self: BaseCoordinator) -> bool:
 
 async def _join_group_completing_a_finished_join(self: BaseCoordinator, timeout_ms: Any = None) -> bool:
     finished = self._join_task
-    if finished is not None and finished.succeeded():
+    # A member thrown out meanwhile (reset_generation: UNJOINED) joins anew instead.
+    if finished is not None and finished.succeeded() and self.state is MemberState.REBALANCING:
         # What kafka-python does after awaiting a join that succeeded.
         self._join_task = None
         with self._lock:
