@@ -114,7 +114,7 @@ class ForwardReader(Reader):
         if time.monotonic() >= self._next_lag_update:
             self._next_lag_update = time.monotonic() + LAG_UPDATE_S
             self._update_lag(consumer)
-        joined = consumer.group_metadata().state == MemberState.STABLE
+        joined = _group_stable(consumer)
         if joined and self.status.state != OK:
             self.status.set(OK)
         elif not joined and self.status.state == OK:
@@ -161,7 +161,7 @@ class ForwardReader(Reader):
             except kafka_errors.RebalanceInProgressError:
                 # The group is rebalancing: finish joining, then commit what we still own.
                 self._poll_paused(consumer, REJOIN_WAIT_S)
-                if consumer.group_metadata().state != MemberState.STABLE:
+                if not _group_stable(consumer):
                     log.warning("the consumer group did not finish rebalancing within %g s (%s); "
                                 "committing later", REJOIN_WAIT_S, _join_state(consumer))
                 rejoined = True
@@ -263,8 +263,7 @@ class ForwardReader(Reader):
         """Tell the group we are alive while a retry waits, so an outage longer than
         max.poll.interval.ms does not cost our partitions; a join under way gets
         ``JOIN_WAIT_S`` to end."""
-        joining = consumer.group_metadata().state != MemberState.STABLE
-        self._poll_paused(consumer, JOIN_WAIT_S if joining else 0)
+        self._poll_paused(consumer, 0 if _group_stable(consumer) else JOIN_WAIT_S)
 
     def _poll_paused(self, consumer: KafkaConsumer, wait_s: float) -> None:
         """Poll with every partition paused: it reads nothing, but keeps us in the group and
@@ -277,8 +276,7 @@ class ForwardReader(Reader):
         try:
             while True:
                 self._unread(consumer, consumer.poll(timeout_ms=100 if wait_s else 0, max_records=self.batcher.room))
-                stable = consumer.group_metadata().state == MemberState.STABLE
-                if stable or self._clock() >= deadline:
+                if _group_stable(consumer) or self._clock() >= deadline:
                     return
         finally:
             self._holding = False
@@ -361,9 +359,15 @@ class ForwardReader(Reader):
         return True
 
 
+def _group_stable(consumer: KafkaConsumer) -> bool:
+    """Joined, and not in the middle of a rebalance: commits are taken."""
+    return consumer.group_metadata().state == MemberState.STABLE
+
+
 def _join_state(consumer: KafkaConsumer) -> str:
     """Where kafka-python's group membership stands, for a warning about a join that does not
-    end (a rare CI failure: a rejoin right after the first join that never completed)."""
+    end: enough to tell a join still under way from one that was never completed
+    (logger.kafka_join_fix)."""
     try:
         coordinator = consumer._coordinator  # private: read only, for this one line
         task = coordinator._join_task
