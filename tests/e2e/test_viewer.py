@@ -33,7 +33,7 @@ from devstack.kafka import KafkaBroker
 from devstack.ports import free_port
 from devstack.service import ROOT, ServiceProcess
 from tests.auth_keys import AUDIENCE, ISSUER, SECRET, hs256
-from tests.conftest import produce
+from tests.conftest import LiveClient, produce
 
 try:
     from playwright import sync_api
@@ -191,6 +191,19 @@ def viewer(browser: Any, kafka: KafkaBroker, topic: Callable[..., str], service:
         context.close()
 
 
+def hub_witness(v: Viewer, ws_client: Callable[..., LiveClient]) -> Callable[[int], None]:
+    """A client of the service itself, beside the page: ``sent(seq)`` returns once the
+    service has sent this run's record ``seq`` to its clients, so every record before it
+    too (one partition, in order), and has them in its replay ring (the hub adds a batch to
+    the ring before it sends it). Connect it before producing: it starts at the live end."""
+    witness = ws_client(v.service.ws_url)
+
+    def sent(seq: int) -> None:
+        witness.wait_records(1, where=lambda r: r["attributes"].get("run") == v.run
+                             and r["attributes"]["seq"] == seq)
+    return sent
+
+
 # -- tests -------------------------------------------------------------------------------
 
 
@@ -279,8 +292,10 @@ def test_level_filter_uses_the_server_filter(viewer: Callable[..., Viewer]) -> N
     v.check()
 
 
-def test_pause_holds_new_rows_and_resume_shows_them(viewer: Callable[..., Viewer]) -> None:
+def test_pause_holds_new_rows_and_resume_shows_them(viewer: Callable[..., Viewer],
+                                                   ws_client: Callable[..., LiveClient]) -> None:
     v = viewer()
+    sent = hub_witness(v, ws_client)
     v.open()
     v.produce(0, 5)
     v.wait_rows(5)
@@ -291,7 +306,7 @@ def test_pause_holds_new_rows_and_resume_shows_them(viewer: Callable[..., Viewer
     expect(pause).to_have_attribute("aria-pressed", "true")
     expect(pause).to_have_text("Resume")
     v.produce(5, 10)
-    time.sleep(1.5)  # far longer than a batch takes (TAIL_BATCH_INTERVAL_MS=50)
+    sent(14)  # the service sent them all; the paused page holds them back
     assert v.seqs() == list(range(5))
     expect(v.page.locator("#count-received")).to_have_text("5")
 
@@ -306,13 +321,15 @@ def test_pause_holds_new_rows_and_resume_shows_them(viewer: Callable[..., Viewer
     v.check()
 
 
-def test_paused_too_long_shows_the_dropped_count(viewer: Callable[..., Viewer]) -> None:
+def test_paused_too_long_shows_the_dropped_count(viewer: Callable[..., Viewer],
+                                                ws_client: Callable[..., LiveClient]) -> None:
     v = viewer(WS_CLIENT_BUFFER_BYTES=str(64 << 10), WS_STALL_TIMEOUT_S="60")
+    sent = hub_witness(v, ws_client)
     v.open()
     v.page.locator("#pause").click()
     v.wait_state("paused")
     v.produce(0, 1500, pad=300)  # ~0.5 MB in several batches: most no longer fit in 64 KiB
-    time.sleep(1.0)
+    sent(1499)  # all of it sent to the paused page's queue (the witness may drop some too)
     v.page.locator("#pause").click()
     expect(v.page.locator("#notices .notice-dropped")).to_have_count(1, timeout=10 * SECOND)
     dropped = int(v.page.locator("#count-dropped").inner_text().replace(",", ""))
@@ -429,12 +446,14 @@ class CuttableProxy:
         self.listener.close()
 
 
-def test_resume_replays_what_was_missed_and_announces_a_gap(viewer: Callable[..., Viewer]) -> None:
+def test_resume_replays_what_was_missed_and_announces_a_gap(viewer: Callable[..., Viewer],
+                                                           ws_client: Callable[..., LiveClient]) -> None:
     # The page goes through a relay that can be cut; the service (and its replay ring of
     # 10 records) keeps running, so the page's ?since= finds what it missed, or a gap.
     relay_port = free_port()
     v = viewer(REPLAY_RECORDS="10", origin_port=relay_port)
     relay = CuttableProxy(relay_port, v.service.port)
+    in_ring = hub_witness(v, ws_client)  # in_ring(seq): the page's resume must find it there
     try:
         v.open("tail=0")
         v.produce(0, 3)
@@ -443,7 +462,7 @@ def test_resume_replays_what_was_missed_and_announces_a_gap(viewer: Callable[...
         relay.cut()
         v.wait_state("waiting", timeout=10)
         v.produce(3, 4)  # 3..6 are still in the ring when the page comes back
-        time.sleep(0.5)
+        in_ring(6)
         relay.restore()
         v.wait_state("live", timeout=20)
         assert parse_qs(urlsplit(v.websockets[-1]).query) == {"since": [f"{v.topic}:0:2"]}
@@ -454,7 +473,7 @@ def test_resume_replays_what_was_missed_and_announces_a_gap(viewer: Callable[...
         relay.cut()
         v.wait_state("waiting", timeout=10)
         v.produce(7, 20)  # 7..26: the ring keeps 17..26; 7..16 are gone
-        time.sleep(0.5)
+        in_ring(26)
         relay.restore()
         v.wait_state("live", timeout=20)
         assert parse_qs(urlsplit(v.websockets[-1]).query) == {"since": [f"{v.topic}:0:6"]}
