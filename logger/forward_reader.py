@@ -18,8 +18,10 @@ A **rebalance** is handled in one place, :class:`ForwardRebalance`: before a
 partition goes, what was exported from it is committed, and what was read from
 it but not exported is dropped once the group says it went (its next owner
 reads it from that commit), so nothing is sent twice or missed; partitions we
-keep keep their records, in place, however long the join takes. Partitions
-assigned while a retry waits stay paused until it ends.
+keep keep their records, in place, however long the join takes. A batch that
+falls due during a join waits for it, ``HANDOVER_WAIT_S`` at most, so that what
+went is not exported too. Partitions assigned while a retry waits stay paused
+until it ends.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ REJOIN_WAIT_S = 10.0  # how long a commit waits for a rebalance to finish before
 # ends in about one round trip rather than over several one-second waits. (A join that ends
 # between two polls counts too: logger.kafka_join_fix.)
 JOIN_WAIT_S = 0.2
+# How long a batch due while a join is under way waits for it to say which partitions went:
+# exported before that, its records of those partitions could not be committed (the member
+# is rebalancing) and their next owner would export them again. Bounded: a join that does not
+# end must not hold the pipeline (the batch then goes out as before).
+HANDOVER_WAIT_S = 2.0
 # A commit's deadline (kafka-python's default is request_timeout_ms, 30 s): it must fit in
 # the drain budget (READERS_SHARE of GRACEFUL_TIMEOUT - 3 s, 10 s by default) with the last
 # export; a commit that blocked longer made the drain abandon it (issue 15). A commit that
@@ -123,6 +130,9 @@ class ForwardReader(Reader):
     def _deliver(self, consumer: KafkaConsumer, batch: list[LogRecord]) -> None:
         self._in_flight = batch
         try:
+            if self._handing_over and not _group_stable(consumer):
+                # Revoked, not yet reassigned: the join drops from the batch what went.
+                self._poll_paused(consumer, HANDOVER_WAIT_S)
             if not self._export_until_accepted(consumer):
                 return
             exported = self._in_flight  # less what a rebalance took away during a retry

@@ -23,7 +23,7 @@ from kafka.structs import MemberState
 from logger import otlp
 from logger.config import Settings
 from logger.errors import ExportError
-from logger.forward_reader import COMMIT_TIMEOUT_MS, ForwardRebalance, ForwardReader
+from logger.forward_reader import COMMIT_TIMEOUT_MS, HANDOVER_WAIT_S, ForwardRebalance, ForwardReader
 from logger.otlp import OtlpSink
 from logger.records import LogRecord, decode
 from logger.status import ComponentStatus
@@ -120,7 +120,9 @@ class FakeConsumer:
         after = {TopicPartition(self.topic, p) for p in assigned_after or ()}
         if protocol in ("eager", "eager-begin"):
             run(self.listener.on_partitions_revoked(set(before)))
+            self.state = MemberState.REBALANCING  # the JoinGroup is sent after the revocation
         if protocol in ("eager", "eager-end"):
+            self.state = MemberState.STABLE
             self._assign(after)
             run(self.listener.on_partitions_assigned(set(after)))
         if protocol == "cooperative":
@@ -143,6 +145,8 @@ class FakeConsumer:
     def commit(self, offsets: dict, timeout_ms: int | None = None) -> None:
         self.calls.append(("commit", {(tp.partition): meta.offset for tp, meta in offsets.items()}))
         self.calls.append(("commit timeout", timeout_ms))
+        if self.state is not MemberState.STABLE:  # kafka-python refuses it without asking the group
+            raise kafka_errors.RebalanceInProgressError("the consumer is undergoing a rebalance")
         if self.commit_errors:
             raise self.commit_errors.pop(0)
 
@@ -388,14 +392,15 @@ def test_a_retry_goes_on_with_the_partitions_still_owned_and_hands_over_the_rest
 
 
 def test_a_rebalance_that_takes_two_polls_during_a_retry_loses_nothing():
-    """The revocation comes in the retry's one poll, the assignment with the reader loop's
-    next poll: the batch in flight is not held back meanwhile, and nothing is lost."""
+    """The revocation comes in the retry's one poll, the assignment in the next poll, the
+    one the refused commit makes: the batch in flight is not held back meanwhile, and
+    nothing is lost."""
     consumer = FakeConsumer(partitions=(0, 1))
     consumer.rebalances = [("eager-begin", None), ("eager-end", {0, 1})]
     reader, consumer, collector, _ = forward([unavailable(), None], consumer=consumer)
     reader._deliver(consumer, list(BATCH))
-    assert polls(consumer) == [frozenset()], "one paused poll while the retry waited"
-    consumer.poll()  # the reader loop's next poll: the join completes
+    assert polls(consumer) == [frozenset(), frozenset()], "the retry's poll and the commit's, both paused"
+    consumer.poll()  # the reader loop's next poll
     reader.batcher.add([record(0, 8)])  # and what the loop reads next joins the batch
     deliver_all(reader, consumer, reader.batcher.take())
     assert sorted(collector.accepted) == [(0, 5), (0, 6), (0, 7), (0, 8), (1, 3)]
@@ -440,6 +445,33 @@ def test_a_join_that_does_not_end_leaves_the_batch_being_gathered_to_go_out():
     consumer.rebalances = [("eager-begin", None)]
     consumer.poll()
     assert [(r.partition, r.offset) for r in reader.batcher.take()] == [(0, 8)]
+
+
+def test_a_batch_due_during_a_join_waits_for_it_to_say_which_partitions_went():
+    """test_rebalance under load (3.87 % duplicates): a batch was exported while a join was
+    under way, its commit was refused (the member was rebalancing), and the partition that
+    went was exported again by its new owner from the last commit."""
+    consumer = FakeConsumer(partitions=(0, 1))
+    reader, consumer, collector, _ = forward([None], consumer=consumer)
+    reader.batcher.add([record(0, 5), record(1, 3), record(1, 4)])
+    consumer.rebalances = [("eager-begin", None), ("eager-end", {0})]
+    consumer.poll()  # the reader loop's poll: every partition revoked, the join under way
+    reader._deliver(consumer, reader.batcher.take())
+    assert collector.accepted == [(0, 5)], "partition 1 went: its next owner exports its records"
+    assert consumer.committed() == {0: 6}
+    assert reader.status.counters["records_handed_over"] == 2
+    assert "commit_failures" not in reader.status.counters
+
+
+def test_a_join_that_does_not_end_holds_a_batch_back_for_a_bounded_time_only():
+    consumer = FakeConsumer(partitions=(0, 1))
+    reader, consumer, collector, clock = forward([None], consumer=consumer)
+    consumer.rebalances = [("eager-begin", None)]  # revoked, never assigned
+    consumer.poll()
+    started = clock.now
+    reader._deliver(consumer, [record(0, 5), record(1, 3)])
+    assert sorted(collector.accepted) == [(0, 5), (1, 3)], "exported all the same"
+    assert collector.attempts[0] - started == pytest.approx(HANDOVER_WAIT_S, abs=0.11)
 
 
 @pytest.mark.parametrize("protocol", ["eager", "cooperative"])
