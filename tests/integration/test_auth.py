@@ -187,11 +187,15 @@ def test_scope_holds_at_connect_on_subscribe_and_in_tail_and_since_replay(secure
     since = ws_client(f"{secured.ws_url}?since={topic}:{partition}:0", **bearer(rsa.token(**SELLER_7)))
     assert [r["attributes"]["seq"] for r in tail.wait_records(10, where=mine)] == list(range(0, 20, 2))
     assert [r["attributes"]["seq"] for r in since.wait_records(10, where=mine)] == list(range(1, 20, 2))
-    # Nothing else arrived: every batch has reached the admin, so the others have had theirs.
-    produce(kafka, secured.topic, records_for(run, ["s-7"], 100))
-    admin.wait_records(22, where=mine)
-    seller.wait_records(10, where=mine)
-    time.sleep(0.3)  # the seller's share of the last batch would be in flight for well under this
+    # Nothing else arrived. One partition, in order, and a client's frames come in the order
+    # the hub sends them: once a client has a record produced after the others' records, any
+    # of theirs sent to it would be there already. An s-7 record (100) closes the s-7 clients'
+    # stream, an s-42 one (101) the s-42 clients'.
+    produce(kafka, secured.topic, records_for(run, ["s-7", "s-42"], 100))
+    admin.wait_records(23, where=mine)
+    for clients, last in (((seller, tail), 101), ((other, since), 100)):
+        for client in clients:
+            client.wait_records(1, where=lambda r, last=last: mine(r) and r["attributes"]["seq"] == last)
     assert all(r["attributes"]["seller"]["id"] == "s-42" and r["service"] == "orders"
                for r in seller.records() + tail.records() if mine(r))
     assert all(r["attributes"]["seller"]["id"] == "s-7" for r in other.records() + since.records() if mine(r))
