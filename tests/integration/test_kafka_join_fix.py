@@ -19,7 +19,7 @@ from logger import kafka_client, kafka_join_fix
 
 def test_importing_the_kafka_client_module_installs_the_fix_on_the_pinned_kafka_python():
     # On another version this fails on purpose: check whether upstream changed
-    # join_group_async, then update or drop logger.kafka_join_fix.
+    # join_group_async or need_rejoin, then update or drop logger.kafka_join_fix.
     assert kafka_client.kafka_join_fix is kafka_join_fix
     assert BaseCoordinator.join_group_async is kafka_join_fix._join_group_completing_a_finished_join
     assert BaseCoordinator.need_rejoin is kafka_join_fix._need_rejoin_until_the_join_is_completed
@@ -65,7 +65,7 @@ def test_a_leaders_rejoin_for_new_partitions_that_ends_between_polls_is_complete
         kafka.add_partitions(name, 2)
         _poll_until(consumer, lambda: consumer.group_metadata().generation_id > generation, "the rejoin")
         _poll_until(consumer, lambda: consumer.assignment() == {(name, 0), (name, 1)}, "the rejoin's end")
-        consumer.commit()  # refused while the member is not stable
+        consumer.commit()  # taken: kafka-python refuses a commit while the member rebalances
     finally:
         consumer.close()
 
